@@ -1,0 +1,143 @@
+r"""Every configuration key of jima_jax, with its default and what it does.
+
+Other configs start from this one and override a few keys. Run it (phantom data, paper model):
+
+  python -m jima_jax.main --config configs/default.py --workdir runs/default
+
+Any key can be overridden on the command line, e.g. `--config.input.batch_size=8`. The config is
+locked: a misspelt key fails with a suggestion instead of being silently added.
+"""
+
+import ml_collections
+
+
+def get_config(arg=None):
+    """Returns the full default config (the paper's IU X-ray hyper-parameters, phantom data)."""
+    del arg
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # every random stream (init, dropout, shuffling, augmentation) derives from it
+
+    # ---------------------------------------------------------------- data (prepare stage)
+    c.data = ml_collections.ConfigDict()
+    c.data.name = 'phantom'  # phantom | iu_phantom | iu_xray | mimic_cxr
+    c.data.source_dir = ''  # raw data: R2Gen layout (annotation.json + images/); '' = source default
+    c.data.manual_dir = ''  # downloaded archives (OpenI .tgz, MIMIC-CXR-JPG); never fetched in tests
+    c.data.data_dir = ''  # where prepared datasets live; '' = $JIMA_DATA_DIR or ~/.cache/jima_jax
+    c.data.reports_only = False  # prepare text-side only (no images available)
+    c.data.num_views = 2  # views per study fed to the model (IU X-ray 2, MIMIC-CXR 1)
+    c.data.image_size = 256  # short side images are re-encoded to at prepare time
+    c.data.tokenizer = 'word'  # word (R2Gen vocabulary) | unigram (sentencepiece subwords)
+    c.data.min_count = 3  # word mode: keep training tokens seen at least this often (IU 3, MIMIC 10)
+    c.data.vocab_size = 0  # unigram mode: target vocabulary size
+    c.data.max_len = 60  # report tokens kept (IU 60, MIMIC 100), before bos/eos
+    c.data.max_entities = 48  # entity tokens kept per report (the Task-1 target is their multi-hot)
+    c.data.entities = 'lexicon'  # lexicon (own clinical lexicon) | annotation ('tokens' field)
+    c.data.abnormal_from = 'dataset'  # dataset (IU: MeSH normal) | labeler (No Finding)
+    c.data.skip_bad_studies = False  # skip (and count) studies with an empty report / bad image
+    c.data.openi_urls = ml_collections.ConfigDict()  # IU X-ray --download only
+    c.data.openi_urls.reports = ''  # '' = the public OpenI NLMCXR_reports.tgz address
+    c.data.openi_urls.png = ''  # '' = the public OpenI NLMCXR_png.tgz address
+    c.data.phantom = ml_collections.ConfigDict()  # the built-in synthetic corpus
+    c.data.phantom.num_train = 2069
+    c.data.phantom.num_val = 296
+    c.data.phantom.num_test = 590
+    c.data.phantom.seed = 0
+    c.data.phantom.normal_share = 1 / 3  # share of normal studies (IU X-ray MeSH: about 1/3)
+
+    # ---------------------------------------------------------------- input pipeline
+    c.input = ml_collections.ConfigDict()
+    c.input.batch_size = 16  # global batch (studies) of each task's stream
+    c.input.eval_batch_size = 16
+    c.input.image_size = 224  # model input side (random crop in training, resize in eval)
+    c.input.augment = True  # random crop in training (R2Gen: resize 256, crop 224)
+    c.input.flip = False  # random horizontal flip (R2Gen does it; it breaks left/right words)
+    c.input.prefetch = 2  # batches prepared ahead on the host
+    c.input.mean = (0.485, 0.456, 0.406)  # ImageNet normalisation (pretrained backbones expect it)
+    c.input.std = (0.229, 0.224, 0.225)
+
+    # ---------------------------------------------------------------- model
+    c.model = ml_collections.ConfigDict()
+    c.model.backbone = 'resnet101'  # resnet18 | resnet34 | resnet50 | resnet101
+    c.model.pretrained = ''  # torchvision .pth / .safetensors file; '' = random init (never downloaded)
+    c.model.in_channels = 3  # 3 = grayscale replicated (ImageNet weights), 1 = grayscale input
+    c.model.freeze_bn_stats = False  # use running BatchNorm statistics also in training
+    c.model.conv_impl = 'auto'  # auto | xla | im2col (im2col filter gradients; auto = on CPU)
+    c.model.remat_backbone = False  # recompute backbone activations in the backward pass (memory)
+    c.model.entity_head = 'patch_linear'  # patch_linear (paper) | mlp (release: pooled->512->512->V)
+    c.model.entity_mlp_dim = 512
+    c.model.width = 512  # Transformer width
+    c.model.num_heads = 8
+    c.model.num_encoder_layers = 3
+    c.model.num_decoder_layers = 3
+    c.model.ffn_dim = 512
+    c.model.dropout = 0.1
+    c.model.dtype = 'float32'  # compute dtype: float32 | bfloat16 (parameters stay float32)
+
+    # ---------------------------------------------------------------- losses (spec section 4)
+    c.loss = ml_collections.ConfigDict()
+    c.loss.token_weighting = 'none'  # none | inverse_power | effective_number
+    c.loss.token_alpha = 0.5  # inverse_power: weight ~ count^-alpha, normalised to mean 1
+    c.loss.token_beta = 0.999  # effective_number: weight ~ (1-beta)/(1-beta^count)
+    c.loss.example_weighting = 'none'  # none | inverse_prevalence (abnormal studies up-weighted)
+    c.loss.example_strength = 1.0  # exponent on the inverse prevalence (0 = off, 1 = full)
+    c.loss.entity_pos_weighting = 'none'  # none | inverse_frequency (BCE positive weights)
+    c.loss.entity_pos_weight_max = 50.0  # cap on the BCE positive weight of rare entities
+    c.loss.entity_weight = 1.0  # weight of L1 in joint mode (release: 0.5)
+
+    # ---------------------------------------------------------------- optimizers
+    # alpha: Task 1 (f_R visual extractor + f_E entity extractor); beta: Task 2 (fusion + f_T).
+    c.optim = ml_collections.ConfigDict()
+    for name, lr in (('task1', 4e-4), ('task2', 1e-5)):
+        o = ml_collections.ConfigDict()
+        o.lr = lr
+        o.visual_lr = -1.0  # task1 only: lr of f_R; < 0 = same as lr (release: 5e-5 vs 1e-4)
+        o.b1 = 0.9
+        o.b2 = 0.999
+        o.eps = 1e-8
+        o.weight_decay = 0.0  # L2 added to the gradient (PyTorch Adam weight_decay)
+        o.amsgrad = False
+        o.decay_rate = 0.8  # learning rate x decay_rate every decay_every_epochs
+        o.decay_every_epochs = 1
+        o.clip = 'none'  # none | value | norm
+        o.clip_value = 0.1
+        c.optim[name] = o
+
+    # ---------------------------------------------------------------- training
+    c.train = ml_collections.ConfigDict()
+    c.train.mode = 'alternate'  # alternate (Algorithm 1) | joint (release: one summed loss)
+    c.train.num_epochs = 100
+    c.train.max_steps = 0  # stop after this many steps (0 = no limit); for smoke runs
+    c.train.steps_per_epoch = 0  # 0 = one pass over the (kept) training set
+    c.train.log_every_steps = 10
+    c.train.eval_every_epochs = 1
+    c.train.checkpoint_every_steps = 0  # 0 = at the end of every epoch only
+    c.train.keep_checkpoints = 3  # the last N are kept, plus the best by best_metric
+    c.train.best_metric = 'val/loss/report'
+    c.train.best_mode = 'min'  # min | max
+    c.train.eval_splits = ('val',)
+    c.train.profile = False
+
+    # ---------------------------------------------------------------- curriculum (spec 5, 6, 8)
+    c.curriculum = ml_collections.ConfigDict()
+    c.curriculum.schedule = 'none'  # none | jima | jima_release | competence_sqrt | competence_linear | anti
+    c.curriculum.warmup_epochs = 30
+    c.curriculum.floor = 0.1  # the kept ratio never drops below this
+    c.curriculum.k2_mode = 'all'  # all | balanced (entity / non-entity mean of means)
+    c.curriculum.measure = 'difficulty'  # difficulty (1 - mean k) | a validation metric name
+    c.curriculum.rescore_every_epochs = 1
+
+    # ---------------------------------------------------------------- device mesh
+    c.parallel = ml_collections.ConfigDict()
+    c.parallel.data = -1  # size of the 'data' mesh axis; -1 = all devices not used by fsdp
+    c.parallel.fsdp = 1  # size of the 'fsdp' mesh axis
+    c.parallel.shard_params = False  # shard parameters and optimizer state over 'fsdp'
+    c.parallel.min_shard_size = 2**14  # parameters smaller than this stay replicated
+
+    # ---------------------------------------------------------------- decoding (evaluation)
+    c.decode = ml_collections.ConfigDict()
+    c.decode.beam_size = 3
+    c.decode.max_len = 60
+    c.decode.length_penalty = 0.0
+    c.decode.block_trigrams = False
+
+    return c

@@ -1,0 +1,47 @@
+r"""MIMIC-CXR with the paper's hyper-parameters; ':release' = the authors' code (spec section 8).
+
+  python -m jima_jax.main --config configs/mimic_cxr.py --mode prepare \
+      --config.data.source_dir=/data/mimic_cxr --config.data.manual_dir=/data/mimic-cxr-jpg
+  python -m jima_jax.main --config configs/mimic_cxr.py --workdir runs/mimic_cxr \
+      --config.data.source_dir=/data/mimic_cxr --config.model.pretrained=/weights/resnet101.pth
+
+MIMIC-CXR is credentialed (PhysioNet): the R2Gen-style annotation.json and the MIMIC-CXR-JPG files
+must be supplied by the user; nothing is downloaded.
+"""
+
+from configs import default
+
+
+def get_config(arg=None):
+    variant = arg or 'paper'
+    if variant not in ('paper', 'release'):
+        raise ValueError(f"configs/mimic_cxr.py:{arg}: expected ':paper' (default) or ':release'.")
+    c = default.get_config()
+    c.data.name = 'mimic_cxr'
+    c.data.num_views = 1
+    c.data.min_count = 10
+    c.data.max_len = 100
+    c.data.abnormal_from = 'labeler'  # normal iff No Finding
+    c.input.batch_size = 16
+    c.input.flip = True
+    c.model.backbone = 'resnet101'
+    c.train.num_epochs = 60
+    c.curriculum.warmup_epochs = 10  # 10 regular + 50 curriculum epochs
+    c.decode.beam_size = 3
+    c.decode.max_len = 100
+    if variant == 'release':
+        c.model.entity_head = 'mlp'
+        c.loss.entity_weight = 0.5
+        for o in (c.optim.task1, c.optim.task2):
+            o.lr = 1e-4
+            o.amsgrad = True
+            o.weight_decay = 5e-5
+            o.decay_rate = 0.8
+            o.decay_every_epochs = 1
+            o.clip = 'value'
+            o.clip_value = 0.1
+        c.optim.task1.visual_lr = 5e-5
+        c.curriculum.warmup_epochs = 10
+        c.train.best_metric = 'val/BLEU_4'
+        c.train.best_mode = 'max'
+    return c

@@ -1,0 +1,173 @@
+"""tf.data input pipeline: prepared host arrays -> augmented, batched numpy dicts.
+
+Training draws two streams (Task 1's batch A, Task 2's batch B) from index sets that the
+curriculum keeps (everything without a curriculum). Each stream's order is a pure function of
+(seed, stream, epoch, kept set), and augmentation uses stateless random ops seeded by
+(seed, epoch, example index), so the batch at any (epoch, step) can be rebuilt exactly: resuming
+mid-epoch skips consumed batches by slicing the index order, without reading them.
+
+Batch dict (leading dimension = this process's share of the global batch):
+  images   uint8 [B, V, H, W]   grayscale views (normalised on device)
+  tokens   int32 [B, max_len+2] BOS, report ids, EOS, PAD...
+  entities int32 [B, E]         entity vocabulary ids, -1 padded
+  abnormal int32 [B]            1 abnormal, 0 normal
+  mask     float32 [B]          1 real example, 0 padding (evaluation's last batch)
+  index    int32 [B]            example position in the split
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Iterator, Optional
+
+import numpy as np
+
+from jima_jax.data.types import BOS_ID, EOS_ID, PAD_ID, PreparedSplit
+
+_AUTOTUNE = -1
+
+
+def _seed_ints(*parts) -> tuple[int, int]:
+    """Two 31-bit ints from any parts; stable across processes and Python versions."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return (int.from_bytes(digest[:4], 'little') >> 1, int.from_bytes(digest[4:8], 'little') >> 1)
+
+
+def decoder_tokens(split: PreparedSplit) -> np.ndarray:
+    """[N, max_len + 2] int32: BOS + report ids + EOS, PAD after."""
+    n, max_len = split.tokens.shape
+    out = np.full((n, max_len + 2), PAD_ID, np.int32)
+    out[:, 0] = BOS_ID
+    out[:, 1:max_len + 1] = split.tokens
+    out[np.arange(n), split.lengths + 1] = EOS_ID
+    return out
+
+
+@dataclasses.dataclass
+class StreamSpec:
+    """Which examples a training stream draws from in one epoch."""
+
+    kept: np.ndarray  # int32 example positions
+    stream: int  # 0 = Task 1 (batch A), 1 = Task 2 (batch B)
+
+
+def epoch_order(kept: np.ndarray, length: int, *, seed: int, stream: int, epoch: int) -> np.ndarray:
+    """`length` example positions: shuffled passes over `kept`, reshuffled at every wrap."""
+    if len(kept) == 0:
+        raise ValueError('a training stream has no examples to draw from (empty kept set).')
+    parts, total, cycle = [], 0, 0
+    while total < length:
+        rng = np.random.default_rng(_seed_ints('order', seed, stream, epoch, cycle))
+        parts.append(rng.permutation(np.asarray(kept, np.int32)))
+        total += len(kept)
+        cycle += 1
+    return np.concatenate(parts)[:length]
+
+
+def steps_per_epoch(streams: list[StreamSpec], batch_size: int, override: int = 0) -> int:
+    """One pass over the largest kept set (the smaller stream wraps around)."""
+    if override:
+        return int(override)
+    return max(1, max(len(s.kept) for s in streams) // batch_size)
+
+
+class SplitPipeline:
+    """Builds tf.data pipelines over one `PreparedSplit` held in memory."""
+
+    def __init__(self, split: PreparedSplit, icfg, *, seed: int, process_index: int = 0,
+                 process_count: int = 1):
+        if split.images is None:
+            raise ValueError('this split was prepared reports-only (data.reports_only=True); '
+                             'training and evaluation need images. Prepare it with images.')
+        self.split = split
+        self.icfg = icfg
+        self.seed = seed
+        self.process_index = process_index
+        self.process_count = process_count
+        self._tokens = decoder_tokens(split)
+        self._tensors = None
+
+    def _constants(self):
+        import tensorflow as tf
+        if self._tensors is None:
+            s = self.split
+            self._tensors = dict(
+                images=tf.constant(s.images), tokens=tf.constant(self._tokens),
+                entities=tf.constant(s.entities.astype(np.int32)),
+                abnormal=tf.constant(s.abnormal.astype(np.int32)))
+        return self._tensors
+
+    def _local(self, index_batches: np.ndarray) -> np.ndarray:
+        """This process's contiguous slice of every global batch."""
+        per = index_batches.shape[1] // self.process_count
+        return index_batches[:, self.process_index * per:(self.process_index + 1) * per]
+
+    def _dataset(self, index_batches: np.ndarray, mask_batches: np.ndarray, *, train: bool,
+                 epoch: int):
+        import tensorflow as tf
+        c = self._constants()
+        size = int(self.icfg.image_size)
+        stored = int(self.split.images.shape[-1])
+        crop = train and self.icfg.augment and stored > size
+        flip = train and getattr(self.icfg, 'flip', False)
+        epoch_seed = _seed_ints('augment', self.seed, epoch)[0]
+
+        def one_view(img, seed):
+            img = img[..., None]
+            if crop:
+                img = tf.image.stateless_random_crop(img, (size, size, 1), seed=seed)
+            elif stored != size:
+                img = tf.image.resize(img, (size, size), method='bilinear')
+                img = tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)
+            if flip:
+                img = tf.image.stateless_random_flip_left_right(img, seed=seed + 1)
+            return img[..., 0]
+
+        def load(idx, mask):
+            images = tf.gather(c['images'], idx)  # [B, V, S, S]
+            if crop or flip or stored != size:
+                b, v = tf.shape(images)[0], tf.shape(images)[1]
+                flat = tf.reshape(images, (-1, stored, stored))
+                view = tf.tile(tf.range(v), [b])
+                example = tf.repeat(idx, v)
+                seeds = tf.stack([tf.fill(tf.shape(example), epoch_seed),
+                                  example * 16 + view], axis=1)
+                flat = tf.map_fn(lambda a: one_view(a[0], a[1]), (flat, seeds),
+                                 fn_output_signature=tf.TensorSpec((size, size), tf.uint8))
+                images = tf.reshape(flat, (b, v, size, size))
+            return dict(images=images, tokens=tf.gather(c['tokens'], idx),
+                        entities=tf.gather(c['entities'], idx),
+                        abnormal=tf.gather(c['abnormal'], idx), mask=mask, index=idx)
+
+        ds = tf.data.Dataset.from_tensor_slices((index_batches.astype(np.int32),
+                                                 mask_batches.astype(np.float32)))
+        ds = ds.map(load, num_parallel_calls=_AUTOTUNE, deterministic=True)
+        options = tf.data.Options()
+        options.threading.private_threadpool_size = 2
+        options.deterministic = True
+        ds = ds.with_options(options)
+        return ds.prefetch(max(int(self.icfg.prefetch), 1))
+
+    def train_batches(self, stream: StreamSpec, *, epoch: int, num_steps: int,
+                      start_step: int = 0) -> Iterator[dict]:
+        """Batches `start_step..num_steps-1` of `stream` in `epoch` (numpy dicts)."""
+        b = int(self.icfg.batch_size)
+        order = epoch_order(stream.kept, num_steps * b, seed=self.seed, stream=stream.stream,
+                            epoch=epoch).reshape(num_steps, b)[start_step:]
+        order = self._local(order)
+        yield from self._dataset(order, np.ones(order.shape, np.float32), train=True,
+                                 epoch=epoch).as_numpy_iterator()
+
+    def eval_batches(self, indices: Optional[np.ndarray] = None) -> Iterator[dict]:
+        """Every example once, in order; the last batch padded (mask 0) to full size."""
+        b = int(self.icfg.eval_batch_size)
+        idx = np.arange(len(self.split), dtype=np.int32) if indices is None else np.asarray(indices, np.int32)
+        n = len(idx)
+        if n == 0:
+            return iter(())
+        padded = -(-n // b) * b
+        full = np.concatenate([idx, np.full(padded - n, idx[0], np.int32)]).reshape(-1, b)
+        mask = (np.arange(padded) < n).astype(np.float32).reshape(-1, b)
+        return self._dataset(self._local(full), self._local(mask), train=False,
+                             epoch=0).as_numpy_iterator()

@@ -1,0 +1,117 @@
+"""The records that flow between the data stages: raw studies in, prepared arrays out.
+
+Every dataset source (IU X-ray, MIMIC-CXR, the phantom corpora) yields `RawStudy` records; the
+prepare stage turns them into a `PreparedDataset` (one `PreparedSplit` of host arrays per split,
+plus the tokenizer and the frequency tables). The input pipeline and everything on the JAX side see
+only `PreparedSplit`, so nothing downstream knows which source a study came from.
+
+This module never imports JAX (house rule for `jima_jax.data`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+# Reserved token ids, identical for every tokenizer mode.
+PAD_ID = 0
+BOS_ID = 1
+EOS_ID = 2
+UNK_ID = 3
+NUM_SPECIAL_TOKENS = 4
+
+# The 14 CheXpert observations, in the order used by every label array of the package.
+OBSERVATIONS = (
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Lesion",
+    "Lung Opacity",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
+)
+NUM_OBSERVATIONS = len(OBSERVATIONS)
+
+# Label values of a `labels` array entry.
+LABEL_POSITIVE = 1
+LABEL_NEGATIVE = 0
+LABEL_UNCERTAIN = -1
+LABEL_BLANK = -2  # not mentioned
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class RawStudy:
+    """One study as a source yields it, before cleaning, tokenization and labelling."""
+
+    id: str
+    split: str  # one of SPLITS
+    report: str  # the raw findings text
+    # Returns the views as grayscale uint8 HxW arrays (any size); None in reports-only mode.
+    load_views: Optional[Callable[[], Sequence[np.ndarray]]] = None
+    # Dataset-given normal(0)/abnormal(1) label (IU X-ray: MeSH "normal"); None -> derived from
+    # the labeler's "No Finding".
+    abnormal: Optional[int] = None
+    # Precomputed entity words (the authors' release `tokens` field); None -> own lexicon.
+    entities: Optional[tuple[str, ...]] = None
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class PreparedSplit:
+    """One split held in host memory, in the form the input pipeline consumes.
+
+    Arrays are indexed by example position `i` in [0, N); `ids[i]` is the study id. Curriculum
+    state and data positions refer to these positions.
+    """
+
+    ids: np.ndarray  # [N] str
+    reports: np.ndarray  # [N] str, cleaned reference text
+    images: Optional[np.ndarray]  # [N, V, H, W] uint8 grayscale; None in reports-only mode
+    tokens: np.ndarray  # [N, max_len] int32 report ids without bos/eos, PAD_ID padded, truncated
+    lengths: np.ndarray  # [N] int32 number of report ids before padding (<= max_len)
+    entities: np.ndarray  # [N, E] int32 vocabulary ids of the report's entity tokens, -1 padded
+    abnormal: np.ndarray  # [N] int8: 1 abnormal, 0 normal
+    labels: np.ndarray  # [N, NUM_OBSERVATIONS] int8 with the LABEL_* values
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    def __post_init__(self):
+        n = len(self.ids)
+        for name in ("reports", "tokens", "lengths", "entities", "abnormal", "labels"):
+            got = getattr(self, name).shape[0]
+            if got != n:
+                raise ValueError(f"PreparedSplit.{name} has {got} rows but ids has {n}.")
+        if self.images is not None and self.images.shape[0] != n:
+            raise ValueError(f"PreparedSplit.images has {self.images.shape[0]} rows but ids has {n}.")
+
+    def subset(self, index: np.ndarray) -> "PreparedSplit":
+        """Rows `index` as a new split (used for eval subsets and tests)."""
+        return PreparedSplit(
+            **{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[index])
+               for f in dataclasses.fields(self)})
+
+
+@dataclasses.dataclass
+class PreparedDataset:
+    """All splits of one prepared dataset plus what was learned from its training split."""
+
+    name: str
+    splits: dict[str, PreparedSplit]
+    tokenizer: Any  # jima_jax.data.tokenizer.Tokenizer
+    tables: Any  # jima_jax.data.tables.FrequencyTables
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.tokenizer.vocab_size)

@@ -1,0 +1,136 @@
+"""The JIMA model: f_R (visual extractor), f_E (entity extractor), fusion + f_T (report generator).
+
+The three top-level attributes `visual`, `entity` and `report` are the parameter groups the two
+tasks of Algorithm 1 update: Task 1 trains `visual` + `entity` on the entity loss, Task 2 trains
+`report` (fusion layer + encoder-decoder) on the report loss with the other two frozen.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from jima_jax.model import layers, resnet, transformer
+
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def compute_dtype(name: str):
+    if name not in _DTYPES:
+        raise ValueError(f'model.dtype={name!r}: expected one of {sorted(_DTYPES)}.')
+    return _DTYPES[name]
+
+
+class PatchLinearEntityHead(nnx.Module):
+    """Paper f_E: q = sigmoid(mean over patches of X W_E). The mean commutes with the linear map,
+    so it is computed on the patch mean (same value, P times fewer FLOPs)."""
+
+    def __init__(self, feature_dim: int, vocab_size: int, *, rngs: nnx.Rngs):
+        self.proj = nnx.Linear(feature_dim, vocab_size, rngs=rngs)
+
+    def __call__(self, patches, pooled):
+        del pooled
+        return self.proj(jnp.mean(patches.astype(jnp.float32), axis=1))
+
+
+class MLPEntityHead(nnx.Module):
+    """Release f_E: pooled features (all views concatenated) -> hidden -> hidden -> |V|."""
+
+    def __init__(self, pooled_dim: int, hidden: int, vocab_size: int, *, rngs: nnx.Rngs):
+        self.fc1 = nnx.Linear(pooled_dim, hidden, rngs=rngs)
+        self.fc2 = nnx.Linear(hidden, hidden, rngs=rngs)
+        self.fc3 = nnx.Linear(hidden, vocab_size, rngs=rngs)
+
+    def __call__(self, patches, pooled):
+        del patches
+        h = jax.nn.relu(self.fc1(pooled.astype(jnp.float32)))
+        return self.fc3(jax.nn.relu(self.fc2(h)))
+
+
+class ReportGenerator(nnx.Module):
+    """Cross-concatenation fusion of patches and the entity distribution, then f_T."""
+
+    def __init__(self, feature_dim: int, vocab_size: int, cfg: ml_collections.ConfigDict,
+                 max_len: int, *, rngs: nnx.Rngs):
+        dtype = compute_dtype(cfg.dtype)
+        self.fusion = nnx.Linear(feature_dim + vocab_size, cfg.width, dtype=dtype, rngs=rngs)
+        self.transformer = transformer.EncoderDecoder(
+            vocab_size=vocab_size, width=cfg.width, heads=cfg.num_heads, hidden=cfg.ffn_dim,
+            encoder_layers=cfg.num_encoder_layers, decoder_layers=cfg.num_decoder_layers,
+            dropout=cfg.dropout, max_len=max_len, dtype=dtype, rngs=rngs)
+        self.dropout = cfg.dropout
+        self.dtype = dtype
+
+    def fuse(self, patches, q):
+        """S = concat(X, q) * concat(q, X) per patch, then Linear + ReLU (+ dropout later)."""
+        q = jnp.broadcast_to(q[:, None, :].astype(patches.dtype),
+                             patches.shape[:2] + q.shape[-1:])
+        s = jnp.concatenate([patches, q], -1) * jnp.concatenate([q, patches], -1)
+        return jax.nn.relu(self.fusion(s.astype(self.dtype)))
+
+    def memory(self, patches, q, rngs: Optional[nnx.Rngs]):
+        """Encoder output over the fused visual tokens."""
+        x = transformer._dropout(self.fuse(patches, q), self.dropout, rngs)
+        return self.transformer.encode(x, rngs)
+
+    def __call__(self, patches, q, tokens_in, rngs: Optional[nnx.Rngs]):
+        return self.transformer.decode(tokens_in, self.memory(patches, q, rngs), rngs)
+
+
+class JIMA(nnx.Module):
+    def __init__(self, cfg: ml_collections.ConfigDict, *, vocab_size: int, num_views: int,
+                 max_len: int, rngs: nnx.Rngs):
+        """`cfg` is `config.model`; `max_len` counts decoder positions (report tokens + 1)."""
+        dtype = compute_dtype(cfg.dtype)
+        self.visual = resnet.ResNet(
+            cfg.backbone, in_channels=cfg.in_channels, freeze_bn_stats=cfg.freeze_bn_stats,
+            conv_impl=layers.resolve_conv_impl(cfg.conv_impl), remat=cfg.remat_backbone,
+            dtype=dtype, rngs=rngs)
+        d = self.visual.feature_dim
+        if cfg.entity_head == 'patch_linear':
+            self.entity = PatchLinearEntityHead(d, vocab_size, rngs=rngs)
+        elif cfg.entity_head == 'mlp':
+            self.entity = MLPEntityHead(d * num_views, cfg.entity_mlp_dim, vocab_size, rngs=rngs)
+        else:
+            raise ValueError(f"model.entity_head={cfg.entity_head!r}: expected 'patch_linear' "
+                             "or 'mlp'.")
+        self.report = ReportGenerator(d, vocab_size, cfg, max_len, rngs=rngs)
+        self.num_views = num_views
+        self.vocab_size = vocab_size
+
+    def features(self, images: jax.Array, train: bool, update_stats: bool = True):
+        """images [B, V, H, W, C] (normalised) -> patches [B, V*h*w, d], pooled [B, V*d]."""
+        b, v, h, w, c = images.shape
+        fmap = self.visual(images.reshape(b * v, h, w, c), train, update_stats)
+        _, fh, fw, d = fmap.shape
+        patches = fmap.reshape(b, v * fh * fw, d)
+        pooled = jnp.mean(fmap.astype(jnp.float32), axis=(1, 2)).reshape(b, v * d)
+        return patches, pooled
+
+    def entity_logits(self, patches, pooled):
+        return self.entity(patches, pooled)
+
+    def __call__(self, images, tokens_in, train: bool = False,
+                 rngs: Optional[nnx.Rngs] = None):
+        """Full forward: entity logits [B, V] and report logits [B, L, V]."""
+        patches, pooled = self.features(images, train)
+        ent = self.entity_logits(patches, pooled)
+        return ent, self.report(patches, jax.nn.sigmoid(ent), tokens_in, rngs)
+
+
+def normalize_images(images: jax.Array, mean, std, in_channels: int) -> jax.Array:
+    """uint8 grayscale [B, V, H, W] -> float32 [B, V, H, W, C] normalised per channel.
+
+    Grayscale is replicated over the C=3 channels of ImageNet backbones (the mean/std of each
+    channel applied); C=1 uses the mean of the channel statistics.
+    """
+    x = images.astype(jnp.float32)[..., None] / 255.0
+    mean = jnp.asarray(mean, jnp.float32)
+    std = jnp.asarray(std, jnp.float32)
+    if in_channels == 1:
+        return (x - jnp.mean(mean)) / jnp.mean(std)
+    return (x - mean) / std

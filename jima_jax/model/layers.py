@@ -1,0 +1,146 @@
+"""Convolution and BatchNorm layers with torchvision's numerics, in NHWC.
+
+Written here rather than taken from `nnx.Conv`/`nnx.BatchNorm` because the backbone must (a) pad
+exactly like torchvision (symmetric `k // 2`, which XLA's 'SAME' does not do for stride 2), so that
+imported ImageNet weights give the same features, (b) keep running statistics the PyTorch way
+(momentum 0.1, unbiased variance in the running estimate), and (c) offer an im2col filter gradient,
+which is much faster than XLA:CPU's native one on some jaxlib builds.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+_DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _xla_conv(x, kernel, stride: int, pad: int):
+    return lax.conv_general_dilated(
+        x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
+        dimension_numbers=_DIMENSION_NUMBERS)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _im2col_grad_conv(x, kernel, stride: int, pad: int):
+    return _xla_conv(x, kernel, stride, pad)
+
+
+def _im2col_fwd(x, kernel, stride, pad):
+    return _xla_conv(x, kernel, stride, pad), (x, kernel)
+
+
+def _im2col_bwd(stride, pad, residuals, g):
+    x, kernel = residuals
+    kh, kw, cin, cout = kernel.shape
+    _, vjp_x = jax.vjp(lambda x_: _xla_conv(x_, kernel, stride, pad), x)
+    (dx,) = vjp_x(g)
+    # Filter gradient as one matmul over image patches: [N*H'*W', cin*kh*kw]^T @ [N*H'*W', cout].
+    patches = lax.conv_general_dilated_patches(
+        x, (kh, kw), (stride, stride), ((pad, pad), (pad, pad)),
+        dimension_numbers=_DIMENSION_NUMBERS)
+    dk = jnp.einsum('nhwk,nhwo->ko', patches, g, preferred_element_type=jnp.float32)
+    dk = dk.reshape(cin, kh, kw, cout).transpose(1, 2, 0, 3).astype(kernel.dtype)
+    return dx, dk
+
+
+_im2col_grad_conv.defvjp(_im2col_fwd, _im2col_bwd)
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int, impl: str) -> jax.Array:
+    """NHWC convolution with torchvision padding (k // 2 on every side).
+
+    `impl`: 'xla' (XLA's own gradients) or 'im2col' (filter gradient as a patch matmul). 1x1
+    convolutions are always plain matmuls, whose gradients are matmuls too.
+    """
+    kh, kw, cin, cout = kernel.shape
+    if kh == 1 and kw == 1:
+        if stride > 1:
+            x = x[:, ::stride, ::stride, :]
+        return jnp.einsum('nhwc,co->nhwo', x, kernel[0, 0])
+    if impl == 'im2col':
+        return _im2col_grad_conv(x, kernel, stride, kh // 2)
+    if impl == 'xla':
+        return _xla_conv(x, kernel, stride, kh // 2)
+    raise ValueError(f"model.conv_impl={impl!r}: expected 'xla', 'im2col' or 'auto'.")
+
+
+def resolve_conv_impl(impl: str) -> str:
+    """'auto' picks XLA's native gradients: on the jaxlib builds measured (0.10, 0.12) they beat
+    im2col on this CPU; the im2col path stays for builds where XLA:CPU filter gradients are slow."""
+    if impl == 'auto':
+        return 'xla'
+    return impl
+
+
+class Conv2d(nnx.Module):
+    """Bias-free convolution; kernel stored HWIO (torchvision's OIHW is transposed on import)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, *,
+                 impl: str = 'xla', dtype=jnp.float32, rngs: nnx.Rngs):
+        # torchvision initialises ResNet convolutions with kaiming_normal_(mode='fan_out').
+        std = (2.0 / (out_ch * kernel_size * kernel_size)) ** 0.5
+        self.kernel = nnx.Param(
+            std * jax.random.normal(rngs.params(), (kernel_size, kernel_size, in_ch, out_ch)))
+        self.stride = stride
+        self.impl = impl
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return conv2d(x.astype(self.dtype), self.kernel[...].astype(self.dtype), self.stride,
+                      self.impl)
+
+
+class BatchNorm(nnx.Module):
+    """BatchNorm over (N, H, W) with PyTorch's running-statistics convention.
+
+    `train=True` normalises with the batch statistics and updates the running ones (unless
+    `frozen`, then the running statistics are used and kept). `update_stats=False` normalises with
+    batch statistics but leaves the running ones untouched (the frozen f_R of the Task-2 update).
+    Under `jax.jit` the batch statistics are over the global (sharded) batch; under `pmap` pass
+    `axis_name` so they are averaged across devices the same way.
+    """
+
+    def __init__(self, channels: int, *, momentum: float = 0.1, eps: float = 1e-5,
+                 frozen: bool = False, zero_init: bool = False):
+        self.scale = nnx.Param(jnp.zeros(channels) if zero_init else jnp.ones(channels))
+        self.bias = nnx.Param(jnp.zeros(channels))
+        self.mean = nnx.BatchStat(jnp.zeros(channels))
+        self.var = nnx.BatchStat(jnp.ones(channels))
+        self.momentum = momentum
+        self.eps = eps
+        self.frozen = frozen
+        self.axis_name: Optional[str] = None
+
+    def __call__(self, x: jax.Array, train: bool, update_stats: bool = True) -> jax.Array:
+        if train and not self.frozen:
+            xf = x.astype(jnp.float32)
+            mean = jnp.mean(xf, axis=(0, 1, 2))
+            if self.axis_name is not None:
+                mean = lax.pmean(mean, self.axis_name)
+            var = jnp.mean(jnp.square(xf - mean), axis=(0, 1, 2))  # two-pass: no cancellation
+            if self.axis_name is not None:
+                var = lax.pmean(var, self.axis_name)
+            if update_stats:
+                n = x.shape[0] * x.shape[1] * x.shape[2]
+                if self.axis_name is not None:
+                    n = n * lax.psum(1, self.axis_name)
+                m = self.momentum
+                self.mean[...] = (1 - m) * self.mean[...] + m * mean
+                self.var[...] = (1 - m) * self.var[...] + m * var * (n / jnp.maximum(n - 1, 1))
+        else:
+            mean, var = self.mean[...], self.var[...]
+        inv = lax.rsqrt(var + self.eps) * self.scale[...]
+        shift = self.bias[...] - mean * inv
+        return (x * inv.astype(x.dtype) + shift.astype(x.dtype))
+
+
+def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+    """torchvision's stem pooling: 3x3, stride 2, padding 1 (padded with -inf)."""
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
+                             ((0, 0), (1, 1), (1, 1), (0, 0)))

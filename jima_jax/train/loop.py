@@ -1,0 +1,327 @@
+"""`train_and_evaluate(config, workdir)`: the one training loop, and `evaluate(config, workdir)`.
+
+Flow: prepared data -> model + state (fresh, or restored from `<workdir>/checkpoints`) -> per
+epoch: curriculum kept sets -> two tf.data streams -> the fused jitted step -> periodic logging ->
+validation -> checkpoint. SIGTERM makes the loop save the current position and return cleanly;
+rerunning with the same `--workdir` resumes from it exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import pathlib
+import signal
+import time
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from jima_jax import torch_files
+from jima_jax.data import pipeline as pipeline_lib, prepare
+from jima_jax.data.types import PreparedDataset
+from jima_jax.model import jima, resnet
+from jima_jax.train import checkpoint, curriculum as curriculum_lib, losses, parallel, reporting
+from jima_jax.train import step as step_lib
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything a train or eval run builds before its first step."""
+
+    config: ml_collections.ConfigDict
+    workdir: pathlib.Path
+    dataset: PreparedDataset
+    mesh: jax.sharding.Mesh
+    modeldef: step_lib.ModelDef
+    state: step_lib.TrainState
+    state_sharding: object
+    loss_tables: losses.LossTables
+    checkpointer: checkpoint.Checkpointer
+    extra: dict  # restored extra state ({} for a fresh run)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.dataset.vocab_size
+
+
+def _check_config(config, dataset: PreparedDataset) -> None:
+    train = dataset.splits['train']
+    if len(train) == 0:
+        raise ValueError(f'dataset {dataset.name!r} has no training examples.')
+    if train.images is None:
+        raise ValueError(f'dataset {dataset.name!r} was prepared reports-only; set '
+                         'data.reports_only=False (with images available) to train.')
+    stored = train.images.shape[-1]
+    if config.input.image_size > stored:
+        raise ValueError(f'input.image_size={config.input.image_size} exceeds the prepared image '
+                         f'size {stored} (data.image_size); lower it or re-prepare.')
+    if config.model.in_channels not in (1, 3):
+        raise ValueError(f'model.in_channels={config.model.in_channels}: expected 1 or 3.')
+
+
+def config_to_json(config) -> dict:
+    return json.loads(config.to_json_best_effort())
+
+
+def build_model(config, vocab_size: int):
+    """A fresh JIMA model (optionally with torchvision backbone weights) and its pure pytrees."""
+    model = jima.JIMA(config.model, vocab_size=vocab_size, num_views=config.data.num_views,
+                      max_len=config.data.max_len + 1, rngs=nnx.Rngs(params=config.seed))
+    if config.model.pretrained:
+        state = torch_files.read_weights(config.model.pretrained)
+        resnet.load_torchvision_state(model.visual, state, source=config.model.pretrained)
+        log.info('loaded backbone weights from %s', config.model.pretrained)
+    return step_lib.split_model(model)
+
+
+def setup(config, workdir: str | pathlib.Path, *, restore: bool = True) -> Setup:
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    dataset = prepare.load_prepared(config.data)
+    _check_config(config, dataset)
+    mesh = parallel.make_mesh(config.parallel)
+    parallel.check_batch_size(config.input.batch_size, mesh)
+    parallel.check_batch_size(config.input.eval_batch_size, mesh, 'input.eval_batch_size')
+    modeldef, params, stats = build_model(config, dataset.vocab_size)
+    host_state = step_lib.init_train_state(config, params, stats)
+    state_sharding = parallel.state_shardings(mesh, host_state, config.parallel)
+    checkpointer = checkpoint.Checkpointer(workdir / 'checkpoints', config.train)
+    extra: dict = {}
+    restored = None
+    if restore and checkpointer.latest_step() is not None:
+        restored = checkpointer.restore(checkpoint.abstract_like(host_state, state_sharding))
+    if restored is not None:
+        state, extra = restored
+    else:
+        state = jax.device_put(host_state, state_sharding)
+    loss_tables = jax.device_put(losses.make_loss_tables(dataset.tables, config.loss),
+                                 parallel.replicated(mesh))
+    return Setup(config, workdir, dataset, mesh, modeldef, state, state_sharding, loss_tables,
+                 checkpointer, extra)
+
+
+class _Preemption:
+    """SIGTERM sets a flag the loop checks between steps (never interrupts a step or a save)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        def handler(signum, frame):
+            del signum, frame
+            self.requested = True
+        try:
+            self._previous = signal.signal(signal.SIGTERM, handler)
+        except ValueError:  # not in the main thread (e.g. a notebook worker): no handler
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def make_eval_fn(s: Setup):
+    """Jitted (params, stats, batch) -> summed losses, batch split over the mesh."""
+    rep, batch = parallel.replicated(s.mesh), parallel.batch_sharding(s.mesh)
+    fn = step_lib.build_eval_step(s.modeldef, s.config, s.vocab_size)
+    return jax.jit(fn, in_shardings=(s.state_sharding.params, s.state_sharding.batch_stats,
+                                     batch, rep), out_shardings=rep)
+
+
+def evaluate_loss(s: Setup, eval_fn, split_name: str, state=None) -> dict[str, float]:
+    """Mean entity BCE and report NLL over a whole split (`<split>/loss/...`)."""
+    state = s.state if state is None else state
+    split = s.dataset.splits[split_name]
+    if len(split) == 0:
+        return {}
+    pipe = pipeline_lib.SplitPipeline(split, s.config.input, seed=s.config.seed,
+                                      process_index=jax.process_index(),
+                                      process_count=jax.process_count())
+    sharding = parallel.batch_sharding(s.mesh)
+    totals = None
+    for batch in pipe.eval_batches():
+        out = eval_fn(state.params, state.batch_stats, parallel.put_batch(batch, sharding),
+                      s.loss_tables)
+        totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+    t = jax.device_get(totals)
+    return {f'{split_name}/loss/entity': float(t['entity_sum'] / max(t['entity_count'], 1)),
+            f'{split_name}/loss/report': float(t['report_sum'] / max(t['report_count'], 1))}
+
+
+def _position(extra: dict) -> tuple[int, int]:
+    pos = extra.get('position', {})
+    return int(pos.get('epoch', 0)), int(pos.get('step_in_epoch', 0))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains (resuming from `workdir` when it holds a checkpoint); returns the final metrics."""
+    s = setup(config, workdir)
+    is_main = jax.process_index() == 0
+    if is_main:
+        reporting.write_atomic(s.workdir / 'config.json',
+                               json.dumps(config_to_json(config), indent=2) + '\n')
+    train = s.dataset.splits['train']
+    cur = curriculum_lib.Curriculum(config.curriculum, len(train))
+    if 'curriculum' in s.extra:
+        cur.load_state_dict(s.extra['curriculum'])
+    best = s.extra.get('best', {})
+    start_epoch, start_in_epoch = _position(s.extra)
+
+    mesh = s.mesh
+    train_step = step_lib.jit_train_step(
+        step_lib.build_train_step(s.modeldef, config, s.vocab_size), mesh, s.state_sharding)
+    eval_fn = make_eval_fn(s)
+    pipe = pipeline_lib.SplitPipeline(train, config.input, seed=config.seed,
+                                      process_index=jax.process_index(),
+                                      process_count=jax.process_count())
+    batch_sharding = parallel.batch_sharding(mesh)
+    reporter = reporting.RunReporter(s.workdir, enabled=is_main)
+    joint = config.train.mode == 'joint'
+    views = config.data.num_views
+    batch_size = int(config.input.batch_size)
+    examples_per_step = batch_size * (1 if joint else 2)
+    num_epochs = int(config.train.num_epochs)
+    max_steps = int(config.train.max_steps) or None
+    config_json = config_to_json(config)
+
+    state = s.state
+    step = int(jax.device_get(state.step))
+    if step:
+        print(f'resuming from step {step} (epoch {start_epoch + 1}, batch {start_in_epoch})',
+              flush=True)
+
+    def save(epoch: int, in_epoch: int, metrics: Optional[dict] = None) -> None:
+        extra = {'position': {'epoch': epoch, 'step_in_epoch': in_epoch},
+                 'curriculum': cur.state_dict(), 'best': best}
+        s.checkpointer.save(step, state, extra, config_json, metrics)
+
+    throughput = reporting.Throughput()
+    pending: list[dict] = []
+    last_eval: dict[str, float] = {}
+    status = 'completed'
+    # Rough total for the ETA (the curriculum may shorten later epochs).
+    first_kept = cur.kept(start_epoch)
+    est_steps_epoch = pipeline_lib.steps_per_epoch(
+        [pipeline_lib.StreamSpec(k, i) for i, k in enumerate(first_kept)], batch_size,
+        config.train.steps_per_epoch)
+    total_steps = min(max_steps or 10**12, num_epochs * est_steps_epoch)
+    run_start_step = step
+    run_start_time = time.perf_counter()
+
+    with _Preemption() as preempt:
+        for epoch in range(start_epoch, num_epochs):
+            kept1, kept2 = cur.kept(epoch)
+            streams = [pipeline_lib.StreamSpec(kept1, 0), pipeline_lib.StreamSpec(kept2, 1)]
+            if joint:
+                streams = streams[:1]
+            n_steps = pipeline_lib.steps_per_epoch(streams, batch_size,
+                                                   config.train.steps_per_epoch)
+            begin = start_in_epoch if epoch == start_epoch else 0
+            iters = [pipe.train_batches(st, epoch=epoch, num_steps=n_steps, start_step=begin)
+                     for st in streams]
+            epoch_arr = np.int32(epoch)
+            in_epoch = begin
+            for batches in zip(*iters):
+                batch_a = parallel.put_batch(batches[0], batch_sharding)
+                batch_b = batch_a if joint else parallel.put_batch(batches[1], batch_sharding)
+                state, metrics = train_step(state, batch_a, batch_b, epoch_arr, s.loss_tables)
+                step += 1
+                in_epoch += 1
+                pending.append(metrics)
+                throughput.add(examples_per_step)
+                if step % config.train.log_every_steps == 0 or in_epoch == n_steps:
+                    host = jax.device_get(pending)
+                    pending = []
+                    scalars = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+                    rate = throughput.tick()
+                    scalars['examples_per_sec'] = rate
+                    scalars['images_per_sec'] = rate * views
+                    done = step - run_start_step
+                    elapsed = time.perf_counter() - run_start_time
+                    left = (total_steps - step) * elapsed / max(done, 1)
+                    reporter.write(step, scalars, epoch=epoch)
+                    reporter.progress(step, total_steps, epoch, num_epochs, scalars, left)
+                if (config.train.checkpoint_every_steps
+                        and step % config.train.checkpoint_every_steps == 0
+                        and in_epoch < n_steps):
+                    save(epoch, in_epoch)
+                if preempt.requested or (max_steps and step >= max_steps):
+                    break
+            if preempt.requested:
+                save(epoch, in_epoch)
+                status = 'preempted'
+                print(f'SIGTERM: saved step {step} (epoch {epoch + 1}, batch {in_epoch}); '
+                      f'rerun with the same --workdir to resume.', flush=True)
+                break
+            if max_steps and step >= max_steps and in_epoch < n_steps:
+                save(epoch, in_epoch)
+                status = 'max_steps'
+                break
+            eval_due = ((epoch + 1) % max(int(config.train.eval_every_epochs), 1) == 0
+                        or epoch + 1 == num_epochs)
+            if eval_due:
+                last_eval = {}
+                for split_name in config.train.eval_splits:
+                    last_eval.update(evaluate_loss(s, eval_fn, split_name, state))
+                if last_eval:
+                    reporter.write(step, last_eval, epoch=epoch)
+                    print('  ' + '  '.join(f'{k} {v:.4f}' for k, v in last_eval.items()),
+                          flush=True)
+                metric = config.train.best_metric
+                if metric in last_eval:
+                    better = (not best or (last_eval[metric] < best['value']
+                                           if config.train.best_mode == 'min'
+                                           else last_eval[metric] > best['value']))
+                    if better:
+                        best = {'step': step, 'value': last_eval[metric], 'metric': metric}
+            save(epoch + 1, 0, last_eval if eval_due else None)
+            if max_steps and step >= max_steps:
+                status = 'max_steps'
+                break
+
+    s.checkpointer.close()
+    reporter.close()
+    result = {'status': status, 'step': step, **last_eval}
+    if best:
+        result['best_step'] = best['step']
+        result[f'best/{best["metric"]}'] = best['value']
+    if is_main:
+        reporting.plot_losses(s.workdir / 'train_log.jsonl', s.workdir / 'plots' / 'loss.png')
+        reporting.write_atomic(s.workdir / 'train_summary.json', json.dumps(result, indent=2))
+    return result
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, split_name: str = 'test') -> dict:
+    """Losses on `split_name` for the latest checkpoint in `workdir`; writes eval/<split>/."""
+    s = setup(config, workdir)
+    if s.checkpointer.latest_step() is None:
+        raise FileNotFoundError(f'{s.workdir}/checkpoints holds no checkpoint; train first '
+                                f'(python -m jima_jax.main --config ... --workdir {workdir}).')
+    if split_name not in s.dataset.splits:
+        raise ValueError(f'--split={split_name!r}: the dataset has {sorted(s.dataset.splits)}.')
+    result = {'step': int(jax.device_get(s.state.step))}
+    result.update(evaluate_loss(s, make_eval_fn(s), split_name))
+    s.checkpointer.close()
+    if jax.process_index() == 0:
+        out = s.workdir / 'eval' / split_name
+        reporting.write_atomic(out / 'results.json', json.dumps(result, indent=2) + '\n')
+        reporting.write_atomic(out / 'results.md', format_results(result) + '\n')
+    return result
+
+
+def format_results(result: dict) -> str:
+    """A two-column Markdown table of a flat results dict."""
+    rows = ['| metric | value |', '|---|---|']
+    for k, v in result.items():
+        rows.append(f'| {k} | {v:.4f} |' if isinstance(v, float) else f'| {k} | {v} |')
+    return '\n'.join(rows)

@@ -1,0 +1,140 @@
+"""What a run tells people: console progress lines, train_log.jsonl, TensorBoard, plots.
+
+Only process 0 writes. `train_log.jsonl` holds one JSON object per log interval (and one per
+evaluation), the contract other tools read: at least `step`, `epoch`, `loss/report`,
+`loss/entity`, `examples_per_sec`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import pathlib
+import tempfile
+import time
+from typing import Optional
+
+log = logging.getLogger(__name__)
+
+
+def write_atomic(path: str | pathlib.Path, text: str) -> None:
+    """Writes `text` to a temporary file beside `path`, then renames it into place."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.')
+    try:
+        with os.fdopen(fd, 'w') as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return '?'
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f'{h}h{m:02d}m' if h else f'{m}m{s:02d}s'
+
+
+class RunReporter:
+    """Console + JSONL + TensorBoard sink for scalar metrics."""
+
+    def __init__(self, workdir: pathlib.Path, *, enabled: bool = True):
+        self.workdir = workdir
+        self.enabled = enabled
+        self._tb = None
+        self._jsonl = None
+        if enabled:
+            from clu import metric_writers
+            self._tb = metric_writers.SummaryWriter(str(workdir / 'tb'))
+            self._jsonl = open(workdir / 'train_log.jsonl', 'a', buffering=1)
+
+    def write(self, step: int, scalars: dict, *, epoch: Optional[int] = None) -> None:
+        if not self.enabled:
+            return
+        row = {'step': int(step)}
+        if epoch is not None:
+            row['epoch'] = int(epoch)
+        row.update({k: float(v) for k, v in scalars.items()})
+        self._jsonl.write(json.dumps(row) + '\n')
+        self._tb.write_scalars(int(step), {k: float(v) for k, v in scalars.items()})
+
+    def progress(self, step: int, total: int, epoch: int, num_epochs: int, scalars: dict,
+                 seconds_left: float) -> None:
+        if not self.enabled:
+            return
+        parts = [f'step {step}/{total}', f'epoch {epoch + 1}/{num_epochs}']
+        for key in ('loss/entity', 'loss/report'):
+            if key in scalars:
+                parts.append(f'{key} {scalars[key]:.4f}')
+        if 'examples_per_sec' in scalars:
+            parts.append(f'{scalars["examples_per_sec"]:.1f} ex/s')
+        parts.append(f'ETA {format_duration(seconds_left)}')
+        print(' | '.join(parts), flush=True)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
+
+
+def read_log(path: pathlib.Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_losses(log_path: pathlib.Path, out_path: pathlib.Path) -> Optional[pathlib.Path]:
+    """Train (and validation, when logged) losses over steps as a PNG."""
+    rows = read_log(log_path)
+    if not rows:
+        return None
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, task in zip(axes, ('entity', 'report')):
+        for key, style in ((f'loss/{task}', '-'), (f'val/loss/{task}', 'o-')):
+            pts = [(r['step'], r[key]) for r in rows if key in r]
+            if pts:
+                ax.plot(*zip(*pts), style, label=key, markersize=3)
+        ax.set_xlabel('step')
+        ax.set_title(f'Task {"1: entity BCE" if task == "entity" else "2: report NLL"}')
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f'.{out_path.name}.tmp.png')
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, out_path)
+    return out_path
+
+
+class Throughput:
+    """Examples/s between log points and a remaining-time estimate."""
+
+    def __init__(self):
+        self._t = time.perf_counter()
+        self._examples = 0
+        self._start = self._t
+        self.rate = float('nan')
+
+    def add(self, examples: int) -> None:
+        self._examples += examples
+
+    def tick(self) -> float:
+        now = time.perf_counter()
+        if self._examples:
+            self.rate = self._examples / max(now - self._t, 1e-9)
+        self._t, self._examples = now, 0
+        return self.rate

@@ -1,0 +1,274 @@
+"""Train state, the fused JIMA train step (Algorithm 1 in one XLA program), and the eval step.
+
+`train_step(state, batch_a, batch_b, epoch, tables)` performs
+  1. Task 1: entity BCE on batch A -> gradients for f_R + f_E -> optimizer alpha;
+  2. Task 2: f_R (updated, frozen: batch-statistics BatchNorm without running-stat updates) and
+     f_E (frozen) encode batch B; report NLL -> gradients for fusion + f_T -> optimizer beta;
+or, in `joint` mode (the authors' release option), one update of everything on
+L2 + entity_weight * L1 over batch A. The imbalance weights (`LossTables`) are looked up inside the
+same program, so reweighting costs no extra pass. The model is an NNX module split once into a
+graph definition and pure dict pytrees; the step merges it inside the trace, which is free at run
+time.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from jima_jax.data.types import PAD_ID
+from jima_jax.model import jima
+from jima_jax.model.layers import BatchNorm
+from jima_jax.train import losses, optim
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: completed train steps
+    params: dict  # {'visual': ..., 'entity': ..., 'report': ...}
+    batch_stats: dict  # BatchNorm running statistics of f_R
+    opt1: Any  # optimizer alpha state over {'visual', 'entity'}
+    opt2: Any  # optimizer beta state over {'report'}
+    rng: jax.Array  # uint32 key data; step keys are fold_in(rng, step)
+
+
+class ModelDef:
+    """The model's static structure; rebuilds a live NNX module from pure pytrees in a trace."""
+
+    def __init__(self, model: nnx.Module):
+        self.graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+        abstract = lambda s: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), s)
+        self._params_template = abstract(params)
+        self._stats_template = abstract(stats)
+
+    def merge(self, params: dict, batch_stats: dict, axis_name: Optional[str] = None):
+        p = jax.tree.map(lambda x: x, self._params_template)
+        s = jax.tree.map(lambda x: x, self._stats_template)
+        nnx.replace_by_pure_dict(p, params)
+        nnx.replace_by_pure_dict(s, batch_stats)
+        model = nnx.merge(self.graphdef, p, s)
+        if axis_name is not None:
+            for _, module in model.iter_modules():
+                if isinstance(module, BatchNorm):
+                    module.axis_name = axis_name
+        return model
+
+
+def split_model(model: nnx.Module) -> tuple[ModelDef, dict, dict]:
+    """(structure, params pure dict, batch-stats pure dict) of a freshly built model."""
+    modeldef = ModelDef(model)
+    _, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    return modeldef, nnx.to_pure_dict(params), nnx.to_pure_dict(stats)
+
+
+def task1_params(params: dict) -> dict:
+    return {k: params[k] for k in optim.TASK1_GROUPS}
+
+
+def task2_params(params: dict) -> dict:
+    return {k: params[k] for k in optim.TASK2_GROUPS}
+
+
+def make_optimizers(config: ml_collections.ConfigDict):
+    return (optim.build_optimizer(config.optim.task1, optim.TASK1_GROUPS),
+            optim.build_optimizer(config.optim.task2, optim.TASK2_GROUPS))
+
+
+def init_train_state(config, params: dict, batch_stats: dict) -> TrainState:
+    opt1, opt2 = make_optimizers(config)
+    key = jax.random.key_data(jax.random.key(config.seed))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                      opt1=opt1.init(task1_params(params)), opt2=opt2.init(task2_params(params)),
+                      rng=key)
+
+
+def _inputs(batch, mcfg, icfg):
+    images = jima.normalize_images(batch['images'], icfg.mean, icfg.std, mcfg.in_channels)
+    images = images.astype(jima.compute_dtype(mcfg.dtype))
+    tokens = batch['tokens']
+    return images, tokens[:, :-1], tokens[:, 1:]
+
+
+class _Reducer:
+    """Sums across devices under pmap; identity under jit (where arrays are already global)."""
+
+    def __init__(self, axis_name: Optional[str]):
+        self.axis_name = axis_name
+
+    def sum(self, x):
+        return x if self.axis_name is None else jax.lax.psum(x, self.axis_name)
+
+
+def _entity_loss(model, images, batch, tables: losses.LossTables, vocab_size: int,
+                 reducer: _Reducer, update_stats: bool = True):
+    patches, pooled = model.features(images, train=True, update_stats=update_stats)
+    logits = model.entity_logits(patches, pooled)
+    s, c = losses.entity_bce(logits, losses.entity_targets(batch['entities'], vocab_size),
+                             batch['mask'], tables.entity_pos_weights,
+                             tables.label_weights[batch['abnormal']])
+    return s / reducer.sum(c), (patches, logits)
+
+
+def _report_loss(model, patches, q, tokens_in, targets, batch, tables, reducer, rngs):
+    logits = model.report(patches, q, tokens_in, rngs)
+    token_mask = (targets != PAD_ID) & (batch['mask'][:, None] > 0)
+    s, c = losses.report_nll(logits, targets, token_mask, tables.token_weights,
+                             tables.label_weights[batch['abnormal']])
+    return s / reducer.sum(c)
+
+
+class TaskUpdates:
+    """The updates Algorithm 1 alternates, as pure functions of (state, batch, ...).
+
+    `task1` and `task2` are also exposed on their own so tests can check that the Task-2 update
+    leaves f_R and f_E bit-identical; `build_train_step` composes them into one program.
+    `axis_name` is set only for the pmap variant (explicit cross-device sums).
+    """
+
+    def __init__(self, modeldef: ModelDef, config: ml_collections.ConfigDict, vocab_size: int,
+                 axis_name: Optional[str] = None):
+        self.modeldef = modeldef
+        self.config = config
+        self.vocab_size = vocab_size
+        self.axis_name = axis_name
+        self.tx1, self.tx2 = make_optimizers(config)
+        self.reducer = _Reducer(axis_name)
+
+    def _merge(self, params, stats):
+        return self.modeldef.merge(params, stats, self.axis_name)
+
+    def _apply(self, tx, opt_state, params, grads, factor):
+        grads = jax.tree.map(self.reducer.sum, grads)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, optim.scale_updates(updates, factor)), opt_state
+
+    def task1(self, state: TrainState, batch: dict, epoch, tables: losses.LossTables):
+        """Entity BCE on `batch` -> optimizer alpha on f_R + f_E (BatchNorm stats updated)."""
+        images, _, _ = _inputs(batch, self.config.model, self.config.input)
+        p_report = task2_params(state.params)
+
+        def loss_fn(p1):
+            model = self._merge({**p1, **p_report}, state.batch_stats)
+            loss, _ = _entity_loss(model, images, batch, tables, self.vocab_size, self.reducer)
+            return loss, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+
+        p1 = task1_params(state.params)
+        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(p1)
+        p1, opt1 = self._apply(self.tx1, state.opt1, p1, grads,
+                               optim.epoch_lr_factor(self.config.optim.task1, epoch))
+        return state.replace(params={**p1, **p_report}, batch_stats=stats, opt1=opt1), loss
+
+    def task2(self, state: TrainState, batch: dict, epoch, tables: losses.LossTables, key):
+        """Report NLL on `batch` -> optimizer beta on fusion + f_T; f_R and f_E frozen."""
+        images, tokens_in, targets = _inputs(batch, self.config.model, self.config.input)
+        frozen = self._merge(state.params, state.batch_stats)
+        patches, pooled = frozen.features(images, train=True, update_stats=False)
+        q = jax.nn.sigmoid(frozen.entity_logits(patches, pooled))
+        patches, q = jax.lax.stop_gradient((patches, q))
+        p1 = task1_params(state.params)
+
+        def loss_fn(p2):
+            model = self._merge({**p1, **p2}, state.batch_stats)
+            return _report_loss(model, patches, q, tokens_in, targets, batch, tables,
+                                self.reducer, nnx.Rngs(dropout=key))
+
+        p2 = task2_params(state.params)
+        loss, grads = jax.value_and_grad(loss_fn)(p2)
+        p2, opt2 = self._apply(self.tx2, state.opt2, p2, grads,
+                               optim.epoch_lr_factor(self.config.optim.task2, epoch))
+        return state.replace(params={**p1, **p2}, opt2=opt2), loss
+
+    def joint(self, state: TrainState, batch: dict, epoch, tables: losses.LossTables, key):
+        """The release's joint mode: L2 + entity_weight * L1 on one batch, all modules updated."""
+        images, tokens_in, targets = _inputs(batch, self.config.model, self.config.input)
+        entity_weight = float(self.config.loss.entity_weight)
+
+        def loss_fn(params):
+            model = self._merge(params, state.batch_stats)
+            l1, (patches, logits) = _entity_loss(model, images, batch, tables, self.vocab_size,
+                                                 self.reducer)
+            l2 = _report_loss(model, patches, jax.nn.sigmoid(logits), tokens_in, targets, batch,
+                              tables, self.reducer, nnx.Rngs(dropout=key))
+            stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+            return l2 + entity_weight * l1, (l1, l2, stats)
+
+        (_, (l1, l2, stats)), g = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        p1, opt1 = self._apply(self.tx1, state.opt1, task1_params(state.params), task1_params(g),
+                               optim.epoch_lr_factor(self.config.optim.task1, epoch))
+        p2, opt2 = self._apply(self.tx2, state.opt2, task2_params(state.params), task2_params(g),
+                               optim.epoch_lr_factor(self.config.optim.task2, epoch))
+        return state.replace(params={**p1, **p2}, batch_stats=stats, opt1=opt1, opt2=opt2), (l1, l2)
+
+
+def build_train_step(modeldef: ModelDef, config: ml_collections.ConfigDict, vocab_size: int,
+                     axis_name: Optional[str] = None) -> Callable:
+    """The pure fused step (not yet jitted): Task 1 then Task 2, or the joint update."""
+    mode = config.train.mode
+    if mode not in ('alternate', 'joint'):
+        raise ValueError(f"train.mode={mode!r}: expected 'alternate' or 'joint'.")
+    tasks = TaskUpdates(modeldef, config, vocab_size, axis_name)
+
+    def step(state: TrainState, batch_a: dict, batch_b: dict, epoch: jax.Array,
+             tables: losses.LossTables):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        if mode == 'alternate':
+            state, l1 = tasks.task1(state, batch_a, epoch, tables)
+            state, l2 = tasks.task2(state, batch_b, epoch, tables, key)
+        else:
+            state, (l1, l2) = tasks.joint(state, batch_a, epoch, tables, key)
+        metrics = {'loss/entity': tasks.reducer.sum(l1), 'loss/report': tasks.reducer.sum(l2),
+                   'lr/task1_factor': optim.epoch_lr_factor(config.optim.task1, epoch),
+                   'lr/task2_factor': optim.epoch_lr_factor(config.optim.task2, epoch)}
+        return state.replace(step=state.step + 1), metrics
+
+    return step
+
+
+def build_eval_step(modeldef: ModelDef, config: ml_collections.ConfigDict,
+                    vocab_size: int) -> Callable:
+    """(params, batch_stats, batch, tables) -> summed losses and counts of one (padded) batch."""
+    mcfg, icfg = config.model, config.input
+
+    def step(params, batch_stats, batch, tables: losses.LossTables):
+        model = modeldef.merge(params, batch_stats)
+        images, tokens_in, targets = _inputs(batch, mcfg, icfg)
+        patches, pooled = model.features(images, train=False)
+        ent_logits = model.entity_logits(patches, pooled)
+        ex_w = tables.label_weights[batch['abnormal']]
+        e_sum, e_count = losses.entity_bce(
+            ent_logits, losses.entity_targets(batch['entities'], vocab_size), batch['mask'],
+            tables.entity_pos_weights, ex_w)
+        logits = model.report(patches, jax.nn.sigmoid(ent_logits), tokens_in, None)
+        token_mask = (targets != PAD_ID) & (batch['mask'][:, None] > 0)
+        r_sum, r_count = losses.report_nll(logits, targets, token_mask, tables.token_weights,
+                                           ex_w)
+        return {'entity_sum': e_sum, 'entity_count': e_count, 'report_sum': r_sum,
+                'report_count': r_count}
+
+    return step
+
+
+def jit_train_step(step_fn: Callable, mesh, state_sharding) -> Callable:
+    """The sharded step: state in `state_sharding` (donated), batches split over every device."""
+    from jima_jax.train import parallel
+    rep, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    return jax.jit(step_fn, in_shardings=(state_sharding, batch, batch, rep, rep),
+                   out_shardings=(state_sharding, rep), donate_argnums=(0,))
+
+
+PMAP_AXIS = 'devices'
+
+
+def pmap_train_step(modeldef: ModelDef, config, vocab_size: int) -> Callable:
+    """The same step under `jax.pmap` (replicated state, per-device batch slices, explicit
+    collectives). Kept only as the benchmark's comparison point for the jit-sharded step."""
+    step_fn = build_train_step(modeldef, config, vocab_size, axis_name=PMAP_AXIS)
+    return jax.pmap(step_fn, axis_name=PMAP_AXIS, in_axes=(0, 0, 0, None, None),
+                    donate_argnums=(0,))
