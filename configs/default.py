@@ -115,6 +115,7 @@ def get_config(arg=None):
     c.train.best_metric = 'val/loss/report'
     c.train.best_mode = 'min'  # min | max
     c.train.eval_splits = ('val',)
+    c.train.eval_decode = False  # also generate and score (BLEU, CE, ...) at each validation
     c.train.profile = False
 
     # ---------------------------------------------------------------- curriculum (spec 5, 6, 8)

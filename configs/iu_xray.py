@@ -45,6 +45,7 @@ def get_config(arg=None):
         c.optim.task1.visual_lr = 5e-5
         c.curriculum.warmup_epochs = 10
         c.curriculum.floor = 0.1
+        c.train.eval_decode = True
         c.train.best_metric = 'val/BLEU_4'
         c.train.best_mode = 'max'
     return c

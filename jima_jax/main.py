@@ -16,6 +16,8 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (see conf
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, logs, results.')
 _MODE = flags.DEFINE_enum('mode', 'train', ['prepare', 'train', 'eval'], 'What to do.')
 _SPLIT = flags.DEFINE_string('split', 'test', 'eval mode: the split to evaluate.')
+_CHECKPOINT = flags.DEFINE_string('checkpoint', 'latest',
+                                  'eval mode: latest, best (by train.best_metric) or a step.')
 _DOWNLOAD = flags.DEFINE_bool('download', False,
                               'prepare mode: allow fetching public archives (IU X-ray OpenI).')
 _FORCE = flags.DEFINE_bool('force', False, 'prepare mode: rebuild an existing prepared dataset.')
@@ -36,10 +38,13 @@ def main(argv):
         raise app.UsageError(f'--workdir is required for --mode={_MODE.value}.')
     from jima_jax.train import loop
     if _MODE.value == 'train':
-        result = loop.train_and_evaluate(config, _WORKDIR.value)
+        print(loop.format_results(loop.train_and_evaluate(config, _WORKDIR.value)))
     else:
-        result = loop.evaluate(config, _WORKDIR.value, _SPLIT.value)
-    print(loop.format_results(result))
+        from jima_jax.evaluation import report
+        result = loop.evaluate(config, _WORKDIR.value, _SPLIT.value, _CHECKPOINT.value)
+        dataset = config.data.name if config.data.name in ('iu_xray', 'mimic_cxr') else None
+        print(report.format_results(result, dataset))
+        print(f'written to {_WORKDIR.value}/eval/{_SPLIT.value}/')
 
 
 if __name__ == '__main__':

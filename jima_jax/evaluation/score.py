@@ -134,6 +134,60 @@ def _abnormal_flags(refs: dict, ids: Sequence[str], ref_labels: Optional[np.ndar
     return {i: int(v != types.LABEL_POSITIVE) for i, v in zip(ids, no_finding)}
 
 
+def score_reports(refs: dict[str, str], preds: dict[str, str], *,
+                  abnormal: Optional[dict[str, int]] = None,
+                  ref_labels: Optional[np.ndarray] = None,
+                  pred_labels: Optional[np.ndarray] = None,
+                  token_counts: Optional[dict[str, int]] = None,
+                  ref_entities: Optional[dict] = None, pred_entities: Optional[dict] = None,
+                  with_meteor: bool = True, with_ce: bool = True,
+                  notes: Optional[list[str]] = None) -> tuple[dict[str, Optional[float]], list[str]]:
+    """The whole suite on id-aligned reports; shared by this CLI and the package's eval mode.
+
+    Label arrays follow `sorted(refs)`. Missing pieces are derived the documented way: labels from
+    the package labeler, normal/abnormal from the reference labels' "No Finding", token buckets from
+    the references' own word counts. Returns the flat results and notes on where each part came from.
+    """
+    ids = sorted(refs)
+    notes = [f"Studies: {len(ids)}."] if notes is None else notes
+    results: dict[str, Optional[float]] = {}
+    if with_ce and (ref_labels is None or pred_labels is None):
+        try:
+            from jima_jax.data.labeler import label_reports
+        except ImportError as e:
+            notes.append(f"CE skipped: the package labeler is unavailable ({e}).")
+        else:
+            if ref_labels is None:
+                ref_labels = label_reports([refs[i] for i in ids])
+            if pred_labels is None:
+                pred_labels = label_reports([preds[i] for i in ids])
+            notes.append("CE: generated reports labelled by jima_jax.data.labeler.")
+    if with_ce and ref_labels is not None and pred_labels is not None:
+        results.update(clinical.ce_metrics(ref_labels, pred_labels))
+
+    if abnormal is None:
+        abnormal = _abnormal_flags({i: {} for i in ids}, ids, ref_labels, notes)
+    else:
+        notes.append("Normal/abnormal: the dataset's labels.")
+    if abnormal is None:
+        results.update(nlg.compute_nlg(refs, preds, with_meteor=with_meteor))
+    else:
+        results.update(imbalance.subset_nlg(refs, preds, abnormal, with_meteor=with_meteor,
+                                            include_overall=True))
+    if results.get("METEOR", 0.0) is None:
+        reason = nlg.meteor_unavailable_reason() or "the jar failed (see the log above)"
+        notes.append(f"METEOR unavailable: {reason}.")
+
+    if token_counts is None:
+        token_counts = imbalance.word_counts(refs.values())
+        notes.append("Token buckets: no training counts given, so frequency ranks come from the "
+                     f"references' own word counts ({len(token_counts)} words), not the training split.")
+    results.update(imbalance.token_imbalance(refs, preds, token_counts))
+    if ref_entities is not None and pred_entities is not None:
+        results.update(imbalance.entity_prf(ref_entities, pred_entities))
+    return results, notes
+
+
 def score(args: argparse.Namespace) -> tuple[dict[str, Optional[float]], list[str]]:
     """The whole suite on the two files; returns the flat results and notes on their sources."""
     refs_rows = read_jsonl(args.references)
@@ -148,47 +202,32 @@ def score(args: argparse.Namespace) -> tuple[dict[str, Optional[float]], list[st
     refs = {i: refs_rows[i]["report"] for i in ids}
     preds = {i: preds_rows[i]["report"] for i in ids}
     notes = [f"Studies: {len(ids)}."]
-    results: dict[str, Optional[float]] = {}
 
-    ref_labels = None
+    ref_labels = pred_labels = None
     if args.labels:
         ref_labels = _label_file(args.labels[0], list(refs_rows), ids)
         pred_labels = _label_file(args.labels[1], list(preds_rows), ids)
-        results.update(clinical.ce_metrics(ref_labels, pred_labels))
         notes.append(f"CE: labels from {args.labels[0]} and {args.labels[1]}.")
     elif not args.no_ce:
         try:
             from jima_jax.data.labeler import label_reports
-        except ImportError as e:
-            notes.append(f"CE skipped: the package labeler is unavailable ({e}).")
+        except ImportError:
+            pass  # score_reports notes it
         else:
             ref_labels = label_reports([refs[i] for i in ids])
-            results.update(clinical.ce_metrics(ref_labels, label_reports([preds[i] for i in ids])))
             notes.append("CE: both sides labelled by jima_jax.data.labeler.")
-
     abnormal = _abnormal_flags(refs_rows, ids, ref_labels, notes)
-    if abnormal is None:
-        results.update(nlg.compute_nlg(refs, preds, with_meteor=not args.no_meteor))
-    else:
-        results.update(imbalance.subset_nlg(refs, preds, abnormal, with_meteor=not args.no_meteor,
-                                            include_overall=True))
-    if results.get("METEOR", 0.0) is None:
-        reason = nlg.meteor_unavailable_reason() or "the jar failed (see the log above)"
-        notes.append(f"METEOR unavailable: {reason}.")
-
+    counts = None
     if args.tables:
         counts = load_token_counts(args.tables)
         notes.append(f"Token buckets: training counts from {args.tables} ({len(counts)} tokens).")
-    else:
-        counts = imbalance.word_counts(refs.values())
-        notes.append("Token buckets: no --tables given, so frequency ranks come from the "
-                     f"references' own word counts ({len(counts)} words), not the training split.")
-    results.update(imbalance.token_imbalance(refs, preds, counts))
-
-    if all("entities" in refs_rows[i] and "entities" in preds_rows[i] for i in ids):
-        results.update(imbalance.entity_prf({i: refs_rows[i]["entities"] for i in ids},
-                                            {i: preds_rows[i]["entities"] for i in ids}))
-    return results, notes
+    entities = all("entities" in refs_rows[i] and "entities" in preds_rows[i] for i in ids)
+    return score_reports(
+        refs, preds, abnormal=abnormal, ref_labels=ref_labels, pred_labels=pred_labels,
+        token_counts=counts,
+        ref_entities={i: refs_rows[i]["entities"] for i in ids} if entities else None,
+        pred_entities={i: preds_rows[i]["entities"] for i in ids} if entities else None,
+        with_meteor=not args.no_meteor, with_ce=not args.no_ce, notes=notes)
 
 
 def build_parser() -> argparse.ArgumentParser:

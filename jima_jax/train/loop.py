@@ -26,7 +26,9 @@ from jima_jax import torch_files
 from jima_jax.data import pipeline as pipeline_lib, prepare
 from jima_jax.data.types import PreparedDataset
 from jima_jax.model import jima, resnet
+from jima_jax.evaluation import report as report_lib
 from jima_jax.train import checkpoint, curriculum as curriculum_lib, losses, parallel, reporting
+from jima_jax.train import validate
 from jima_jax.train import step as step_lib
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,10 @@ def _check_config(config, dataset: PreparedDataset) -> None:
     if config.input.image_size > stored:
         raise ValueError(f'input.image_size={config.input.image_size} exceeds the prepared image '
                          f'size {stored} (data.image_size); lower it or re-prepare.')
+    metric = config.train.best_metric
+    if not metric.split('/', 1)[-1].startswith('loss/') and not config.train.eval_decode:
+        raise ValueError(f'train.best_metric={metric!r} needs generated reports during '
+                         "validation: set train.eval_decode=True, or use 'val/loss/report'.")
     if config.model.in_channels not in (1, 3):
         raise ValueError(f'model.in_channels={config.model.in_channels}: expected 1 or 3.')
 
@@ -82,7 +88,8 @@ def build_model(config, vocab_size: int):
     return step_lib.split_model(model)
 
 
-def setup(config, workdir: str | pathlib.Path, *, restore: bool = True) -> Setup:
+def setup(config, workdir: str | pathlib.Path, *, restore: bool = True,
+          step: Optional[int] = None) -> Setup:
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     dataset = prepare.load_prepared(config.data)
@@ -97,7 +104,8 @@ def setup(config, workdir: str | pathlib.Path, *, restore: bool = True) -> Setup
     extra: dict = {}
     restored = None
     if restore and checkpointer.latest_step() is not None:
-        restored = checkpointer.restore(checkpoint.abstract_like(host_state, state_sharding))
+        restored = checkpointer.restore(checkpoint.abstract_like(host_state, state_sharding),
+                                        step)
     if restored is not None:
         state, extra = restored
     else:
@@ -181,6 +189,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train_step = step_lib.jit_train_step(
         step_lib.build_train_step(s.modeldef, config, s.vocab_size), mesh, s.state_sharding)
     eval_fn = make_eval_fn(s)
+    generate_fn = None
     pipe = pipeline_lib.SplitPipeline(train, config.input, seed=config.seed,
                                       process_index=jax.process_index(),
                                       process_count=jax.process_count())
@@ -273,10 +282,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 last_eval = {}
                 for split_name in config.train.eval_splits:
                     last_eval.update(evaluate_loss(s, eval_fn, split_name, state))
+                    if config.train.eval_decode:
+                        generate_fn = generate_fn or validate.make_generate(s)
+                        scores = validate.evaluate_split(s, generate_fn, split_name, state,
+                                                         with_meteor=False)
+                        last_eval.update({f'{split_name}/{k}': v for k, v in scores.items()
+                                          if v is not None})
                 if last_eval:
                     reporter.write(step, last_eval, epoch=epoch)
-                    print('  ' + '  '.join(f'{k} {v:.4f}' for k, v in last_eval.items()),
-                          flush=True)
+                    shown = [k for k in last_eval if '/loss/' in k or k.endswith(
+                        ('BLEU_4', 'CIDEr', 'ROUGE_L', 'ce/micro_u0/f1'))]
+                    print('  ' + '  '.join(f'{k} {last_eval[k]:.4f}' for k in shown), flush=True)
                 metric = config.train.best_metric
                 if metric in last_eval:
                     better = (not best or (last_eval[metric] < best['value']
@@ -301,21 +317,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return result
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str, split_name: str = 'test') -> dict:
-    """Losses on `split_name` for the latest checkpoint in `workdir`; writes eval/<split>/."""
-    s = setup(config, workdir)
-    if s.checkpointer.latest_step() is None:
-        raise FileNotFoundError(f'{s.workdir}/checkpoints holds no checkpoint; train first '
-                                f'(python -m jima_jax.main --config ... --workdir {workdir}).')
-    if split_name not in s.dataset.splits:
-        raise ValueError(f'--split={split_name!r}: the dataset has {sorted(s.dataset.splits)}.')
+def _checkpoint_step(workdir: pathlib.Path, train_cfg, which: str) -> Optional[int]:
+    """'latest', 'best' (by train.best_metric, recorded during training) or a step number."""
+    ck = checkpoint.Checkpointer(workdir / 'checkpoints', train_cfg)
+    latest = ck.latest_step()
+    try:
+        if latest is None:
+            raise FileNotFoundError(
+                f'{workdir}/checkpoints holds no checkpoint; train first '
+                f'(python -m jima_jax.main --config ... --workdir {workdir}).')
+        if which == 'latest':
+            return latest
+        if which == 'best':
+            best = ck.read_extra(latest).get('best', {})
+            if 'step' not in best:
+                raise ValueError(f'{workdir}: no best checkpoint was recorded (train.best_metric='
+                                 f'{train_cfg.best_metric!r} never evaluated); use '
+                                 '--checkpoint=latest.')
+            return int(best['step'])
+        if not which.isdigit() or int(which) not in ck.manager.all_steps():
+            raise ValueError(f'--checkpoint={which!r}: expected latest, best or one of the saved '
+                             f'steps {sorted(ck.manager.all_steps())}.')
+        return int(which)
+    finally:
+        ck.close()
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, split_name: str = 'test',
+             which: str = 'latest') -> dict:
+    """Every metric on `split_name` for a checkpoint of `workdir`; writes eval/<split>/."""
+    workdir = pathlib.Path(workdir)
+    step = _checkpoint_step(workdir, config.train, which)
+    s = setup(config, workdir, step=step)
+    if split_name not in s.dataset.splits or len(s.dataset.splits[split_name]) == 0:
+        raise ValueError(f'--split={split_name!r}: the dataset has non-empty splits '
+                         f'{[k for k, v in s.dataset.splits.items() if len(v)]}.')
     result = {'step': int(jax.device_get(s.state.step))}
     result.update(evaluate_loss(s, make_eval_fn(s), split_name))
+    out = s.workdir / 'eval' / split_name
+    result.update(validate.evaluate_split(s, validate.make_generate(s), split_name, s.state,
+                                          with_meteor=True, out_dir=out))
     s.checkpointer.close()
-    if jax.process_index() == 0:
-        out = s.workdir / 'eval' / split_name
-        reporting.write_atomic(out / 'results.json', json.dumps(result, indent=2) + '\n')
-        reporting.write_atomic(out / 'results.md', format_results(result) + '\n')
+    if jax.process_index() == 0:  # rewrite with the loss keys included
+        dataset = config.data.name if config.data.name in ('iu_xray', 'mimic_cxr') else None
+        report_lib.write_results(result, out, dataset_name=dataset)
     return result
 
 

@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 
 import flax.struct
 import jax
+import numpy as np
 import jax.numpy as jnp
 import ml_collections
 import optax
@@ -218,6 +219,8 @@ def build_train_step(modeldef: ModelDef, config: ml_collections.ConfigDict, voca
     def step(state: TrainState, batch_a: dict, batch_b: dict, epoch: jax.Array,
              tables: losses.LossTables):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        if axis_name is not None:  # pmap: distinct dropout masks per device
+            key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
         if mode == 'alternate':
             state, l1 = tasks.task1(state, batch_a, epoch, tables)
             state, l2 = tasks.task2(state, batch_b, epoch, tables, key)
@@ -272,3 +275,14 @@ def pmap_train_step(modeldef: ModelDef, config, vocab_size: int) -> Callable:
     step_fn = build_train_step(modeldef, config, vocab_size, axis_name=PMAP_AXIS)
     return jax.pmap(step_fn, axis_name=PMAP_AXIS, in_axes=(0, 0, 0, None, None),
                     donate_argnums=(0,))
+
+
+def replicate_for_pmap(tree, devices=None):
+    """One copy of every leaf per local device, laid out as `pmap` expects (leading axis)."""
+    devices = jax.local_devices() if devices is None else devices
+    mesh = jax.sharding.Mesh(np.asarray(devices), (PMAP_AXIS,))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(PMAP_AXIS))
+    n = len(devices)
+    return jax.tree.map(
+        lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), sharding),
+        tree)

@@ -1,0 +1,105 @@
+"""Generate reports for a prepared split and score them with the full evaluation suite.
+
+Used by `--mode eval` (every metric, METEOR included, files under `<workdir>/eval/<split>/`) and
+by validation during training when `train.eval_decode` is on (no METEOR: no Java per epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Optional
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from jima_jax import decode
+from jima_jax.data import pipeline as pipeline_lib
+from jima_jax.data.types import PreparedSplit
+from jima_jax.evaluation import imbalance, report as report_lib, score as score_lib
+from jima_jax.train import parallel, reporting
+
+
+def _to_host(tree):
+    """Global device arrays (or this process's host slices) -> full host arrays."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def make_generate(s):
+    """The jitted generation function of a `loop.Setup`, batch split over the mesh."""
+    fn = decode.make_generate_fn(s.modeldef, s.config, s.vocab_size)
+    return jax.jit(fn, in_shardings=(s.state_sharding.params, s.state_sharding.batch_stats,
+                                     parallel.batch_sharding(s.mesh)))
+
+
+def generate_split(s, generate_fn, split_name: str, state) -> dict:
+    """Predicted reports (text), per-token log-probs and entity probabilities for a split."""
+    split = s.dataset.splits[split_name]
+    pipe = pipeline_lib.SplitPipeline(split, s.config.input, seed=s.config.seed,
+                                      process_index=jax.process_index(),
+                                      process_count=jax.process_count())
+    sharding = parallel.batch_sharding(s.mesh)
+    tokens, logprobs, q, index = [], [], [], []
+    for batch in pipe.eval_batches():
+        images = parallel.put_batch({'images': batch['images']}, sharding)['images']
+        out = _to_host(generate_fn(state.params, state.batch_stats, images))
+        keep = np.asarray(_to_host(batch['mask'])) > 0
+        idx = np.asarray(_to_host(batch['index']))
+        tokens.append(out['tokens'][keep])
+        logprobs.append(out['logprobs'][keep])
+        q.append(out['entity_probs'][keep])
+        index.append(idx[keep])
+    index = np.concatenate(index)
+    tok = s.dataset.tokenizer
+    tokens = np.concatenate(tokens)
+    return {'ids': [str(split.ids[i]) for i in index], 'index': index,
+            'reports': [tok.decode([int(t) for t in row]) for row in tokens],
+            'tokens': tokens, 'logprobs': np.concatenate(logprobs), 'entity_probs': np.concatenate(q)}
+
+
+def score_generated(s, split: PreparedSplit, generated: dict, *,
+                    with_meteor: bool) -> tuple[dict, list[str]]:
+    """Every metric of the suite; references, labels and normal/abnormal come from the split."""
+    index = generated['index']
+    ids = generated['ids']
+    refs = {i: str(split.reports[k]) for i, k in zip(ids, index)}
+    preds = dict(zip(ids, generated['reports']))
+    order = np.argsort(np.asarray(ids))  # score_reports aligns label rows with sorted(ids)
+    tok, tables = s.dataset.tokenizer, s.dataset.tables
+    pred_entities = imbalance.entity_sets_from_scores(generated['entity_probs'])
+    ref_entities = imbalance.entity_sets_from_ids(split.entities[index])
+    return score_lib.score_reports(
+        refs, preds, abnormal={i: int(split.abnormal[k]) for i, k in zip(ids, index)},
+        ref_labels=split.labels[index][order],
+        token_counts=imbalance.counts_from_ids(tables.token_counts, tok.id_to_token),
+        ref_entities=dict(zip(ids, ref_entities)), pred_entities=dict(zip(ids, pred_entities)),
+        with_meteor=with_meteor)
+
+
+def write_predictions(path: pathlib.Path, split: PreparedSplit, generated: dict) -> None:
+    """predictions.jsonl: id, generated report, reference, mean token log-prob."""
+    lines = []
+    for i, k, text, tokens, lp in zip(generated['ids'], generated['index'], generated['reports'],
+                                      generated['tokens'], generated['logprobs']):
+        n = max(int(np.sum(tokens != 0)), 1)
+        lines.append(json.dumps({'id': i, 'report': text, 'reference': str(split.reports[k]),
+                                 'mean_logprob': float(np.sum(lp) / n)}))
+    reporting.write_atomic(path, '\n'.join(lines) + '\n')
+
+
+def evaluate_split(s, generate_fn, split_name: str, state, *, with_meteor: bool,
+                   out_dir: Optional[pathlib.Path] = None) -> dict:
+    """Generate + score one split; with `out_dir`, also write predictions, results and plots."""
+    split = s.dataset.splits[split_name]
+    if len(split) == 0:
+        return {}
+    generated = generate_split(s, generate_fn, split_name, state)
+    results, notes = score_generated(s, split, generated, with_meteor=with_meteor)
+    if out_dir is not None and jax.process_index() == 0:
+        write_predictions(out_dir / 'predictions.jsonl', split, generated)
+        dataset = s.config.data.name if s.config.data.name in ('iu_xray', 'mimic_cxr') else None
+        report_lib.write_results(results, out_dir, dataset_name=dataset, notes=notes)
+    return results

@@ -1,0 +1,82 @@
+"""Runs a few fused train steps under one parallel layout and prints losses as JSON.
+
+Executed in a subprocess by test_sharding.py, with XLA_FLAGS setting the simulated device count.
+"""
+
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from configs import smoke
+from jima_jax.model import jima
+from jima_jax.train import losses, parallel, step as step_lib
+from tests.helpers import random_batch
+
+VOCAB = 40
+
+
+def trajectory(layout: str, steps: int, smooth: bool, dropout: bool) -> dict:
+    """`layout`: jit (replicated params), fsdp (params sharded over all devices), pmap.
+
+    smooth=True freezes BatchNorm statistics and uses Adam eps 1e-3; see test_sharding.py.
+    """
+    c = smoke.get_config()
+    if not dropout:
+        c.model.dropout = 0.0
+    c.data.max_len = 12
+    c.optim.task1.lr, c.optim.task2.lr = 4e-4, 1e-5  # the paper's learning rates
+    if smooth:
+        c.model.freeze_bn_stats = True
+        c.optim.task1.eps = c.optim.task2.eps = 1e-3
+    n = jax.device_count()
+    if layout == 'fsdp':
+        c.parallel.fsdp, c.parallel.shard_params, c.parallel.min_shard_size = n, True, 1024
+    model = jima.JIMA(c.model, vocab_size=VOCAB, num_views=2, max_len=c.data.max_len + 1,
+                      rngs=nnx.Rngs(0))
+    modeldef, params, stats = step_lib.split_model(model)
+    state = step_lib.init_train_state(c, params, stats)
+    tables = losses.LossTables.uniform(VOCAB)
+    rng = np.random.default_rng(0)
+    batches = [random_batch(rng, batch=8, views=2, image=c.input.image_size, vocab=VOCAB,
+                            max_len=c.data.max_len) for _ in range(2 * steps)]
+    out = {'entity': [], 'report': [], 'sharded_leaves': 0}
+    if layout == 'pmap':
+        step = step_lib.pmap_train_step(modeldef, c, VOCAB)
+        state = step_lib.replicate_for_pmap(state)
+        split = lambda b: jax.tree.map(lambda x: x.reshape((n, -1) + x.shape[1:]), b)
+        for i in range(steps):
+            state, m = step(state, split(batches[2 * i]), split(batches[2 * i + 1]),
+                            jnp.int32(0), tables)
+            out['entity'].append(float(m['loss/entity'][0]))
+            out['report'].append(float(m['loss/report'][0]))
+        stats_host = jax.tree.map(lambda x: np.asarray(x[0]), state.batch_stats)
+    else:
+        mesh = parallel.make_mesh(c.parallel)
+        sharding = parallel.state_shardings(mesh, state, c.parallel)
+        out['sharded_leaves'] = sum(
+            1 for s in jax.tree.leaves(sharding.params) if 'fsdp' in str(s.spec))
+        state = jax.device_put(state, sharding)
+        step = step_lib.jit_train_step(step_lib.build_train_step(modeldef, c, VOCAB), mesh,
+                                       sharding)
+        put = lambda b: parallel.put_batch(b, parallel.batch_sharding(mesh))
+        for i in range(steps):
+            state, m = step(state, put(batches[2 * i]), put(batches[2 * i + 1]), jnp.int32(0),
+                            tables)
+            out['entity'].append(float(m['loss/entity']))
+            out['report'].append(float(m['loss/report']))
+        stats_host = jax.device_get(state.batch_stats)
+    out['batch_stats'] = [np.asarray(x).tolist() for x in jax.tree.leaves(stats_host)[:6]]
+    return out
+
+
+if __name__ == '__main__':
+    # argv: one run per argument, "<layout>:<steps>:<smooth|rough>:<dropout|nodrop>"
+    runs = {}
+    for spec in sys.argv[1:]:
+        layout, steps, mode, drop = spec.split(':')
+        runs[spec] = trajectory(layout, int(steps), mode == 'smooth', drop == 'dropout')
+    print(json.dumps(runs))
