@@ -45,15 +45,22 @@ def format_duration(seconds: float) -> str:
 class RunReporter:
     """Console + JSONL + TensorBoard sink for scalar metrics."""
 
-    def __init__(self, workdir: pathlib.Path, *, enabled: bool = True):
+    def __init__(self, workdir: pathlib.Path, *, enabled: bool = True, resume_step: int = 0):
+        """`resume_step`: rows logged after that step by an interrupted run are dropped, so the
+        log of a resumed run reads like one uninterrupted run."""
         self.workdir = workdir
         self.enabled = enabled
         self._tb = None
         self._jsonl = None
         if enabled:
             from clu import metric_writers
+            path = workdir / 'train_log.jsonl'
+            rows = read_log(path)
+            if any(r.get('step', 0) > resume_step for r in rows):
+                write_atomic(path, ''.join(json.dumps(r) + '\n' for r in rows
+                                           if r.get('step', 0) <= resume_step))
             self._tb = metric_writers.SummaryWriter(str(workdir / 'tb'))
-            self._jsonl = open(workdir / 'train_log.jsonl', 'a', buffering=1)
+            self._jsonl = open(path, 'a', buffering=1)
 
     def write(self, step: int, scalars: dict, *, epoch: Optional[int] = None) -> None:
         if not self.enabled:
