@@ -45,7 +45,8 @@ def format_duration(seconds: float) -> str:
 class RunReporter:
     """Console + JSONL + TensorBoard sink for scalar metrics."""
 
-    def __init__(self, workdir: pathlib.Path, *, enabled: bool = True, resume_step: int = 0):
+    def __init__(self, workdir: pathlib.Path, *, enabled: bool = True,
+                 resume_step: Optional[int] = None):
         """`resume_step`: rows logged after that step by an interrupted run are dropped, so the
         log of a resumed run reads like one uninterrupted run."""
         self.workdir = workdir
@@ -56,7 +57,7 @@ class RunReporter:
             from clu import metric_writers
             path = workdir / 'train_log.jsonl'
             rows = read_log(path)
-            if any(r.get('step', 0) > resume_step for r in rows):
+            if resume_step is not None and any(r.get('step', 0) > resume_step for r in rows):
                 write_atomic(path, ''.join(json.dumps(r) + '\n' for r in rows
                                            if r.get('step', 0) <= resume_step))
             self._tb = metric_writers.SummaryWriter(str(workdir / 'tb'))
