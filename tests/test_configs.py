@@ -1,6 +1,5 @@
 """Every config loads, documents its own command, and fails loudly on a misspelt key."""
 
-import pathlib
 import subprocess
 import sys
 

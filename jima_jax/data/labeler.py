@@ -27,14 +27,13 @@ import csv
 import dataclasses
 import io
 import json
-import os
 import re
 import sys
-import tempfile
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
+from jima_jax import atomic
 from jima_jax.data import lexicon
 from jima_jax.data.types import (LABEL_BLANK, LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_UNCERTAIN,
                                  NUM_OBSERVATIONS, OBSERVATIONS)
@@ -292,15 +291,7 @@ def write_labels_csv(path: str, ids: Sequence[str], labels: np.ndarray) -> None:
     writer.writerow(("id",) + OBSERVATIONS)
     for i, row in zip(ids, labels):
         writer.writerow([i] + ["" if v == LABEL_BLANK else str(int(v)) for v in row])
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".labels.tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic.write_text(path, buf.getvalue())
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -20,13 +20,13 @@ import argparse
 import dataclasses
 import functools
 import math
-import os
 import textwrap
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from jima_jax import atomic
 from jima_jax.data import types
 
 # Frequent IU X-ray findings outside the 14 CheXpert observations (they make IU studies abnormal).
@@ -914,13 +914,7 @@ def contact_sheet(path: str, size: int = 160):
         lines = textwrap.wrap(findings.describe(), width=max(10, cell_w // 6 - 1))[:2]
         for j, line in enumerate(lines):
             draw.text((x0 + 2, y0 + size + 12 + 10 * j), line, fill=70)
-    tmp = f'{path}.tmp-{os.getpid()}'
-    try:
-        sheet.save(tmp, format='PNG', optimize=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic.write_with(path, lambda tmp: sheet.save(tmp, format='PNG', optimize=True))
 
 
 def main(argv: Optional[Sequence[str]] = None):

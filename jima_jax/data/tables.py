@@ -19,10 +19,10 @@ import io
 import json
 import os
 import pathlib
-import tempfile
 
 import numpy as np
 
+from jima_jax import atomic
 from jima_jax.data.types import (BOS_ID, EOS_ID, LABEL_BLANK, LABEL_NEGATIVE, LABEL_POSITIVE,
                                  LABEL_UNCERTAIN, NUM_OBSERVATIONS, OBSERVATIONS, PAD_ID,
                                  PreparedSplit)
@@ -32,17 +32,6 @@ TABLES_VERSION = 1
 LABEL_VALUES = (LABEL_POSITIVE, LABEL_NEGATIVE, LABEL_UNCERTAIN, LABEL_BLANK)
 _REBUILD = ("Rebuild the prepared dataset: delete its directory and re-run "
             "`python -m jima_jax.main --mode prepare --config ...`.")
-
-
-def _write_atomic(path: pathlib.Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _normalise_to_token_mean(weights: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -198,13 +187,13 @@ class FrequencyTables:
         buf = io.BytesIO()
         np.savez(buf, token_counts=self.token_counts, entity_counts=self.entity_counts,
                  label_counts=self.label_counts)
-        _write_atomic(stem.with_suffix(".npz"), buf.getvalue())
+        atomic.write_bytes(stem.with_suffix(".npz"), buf.getvalue())
         meta = dict(version=TABLES_VERSION, vocab_size=self.vocab_size,
                     tokenizer_fingerprint=self.tokenizer_fingerprint,
                     num_examples=self.num_examples, abnormal_count=self.abnormal_count,
                     label_values=list(LABEL_VALUES), observations=list(OBSERVATIONS),
                     arrays=stem.with_suffix(".npz").name, content_hash=self.content_hash)
-        _write_atomic(stem.with_suffix(".json"), json.dumps(meta, indent=1).encode())
+        atomic.write_bytes(stem.with_suffix(".json"), json.dumps(meta, indent=1).encode())
 
     @classmethod
     def load(cls, path: str | os.PathLike, tokenizer_fingerprint: str | None = None) -> "FrequencyTables":

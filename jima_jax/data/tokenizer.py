@@ -14,12 +14,12 @@ import hashlib
 import io
 import os
 import pathlib
-import tempfile
 from typing import Iterable, Sequence
 
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
+from jima_jax import atomic
 from jima_jax.data.types import BOS_ID, EOS_ID, NUM_SPECIAL_TOKENS, PAD_ID, UNK_ID
 
 _WORD_BOUNDARY = "\u2581"  # sentencepiece's marker for a preceding space
@@ -139,16 +139,7 @@ class Tokenizer:
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> None:
         """Writes the sentencepiece model atomically (a temp file renamed into place)."""
-        path = pathlib.Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(self._proto)
-            os.replace(tmp, path)
-        except BaseException:
-            pathlib.Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic.write_bytes(path, self._proto)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Tokenizer":

@@ -12,10 +12,11 @@ import json
 import math
 import os
 import pathlib
-import tempfile
 from typing import Mapping, Optional, Sequence
 
 from jima_jax.evaluation import clinical, imbalance
+
+from jima_jax import atomic
 
 NLG_COLUMNS = (("BLEU_1", "BLEU-1"), ("BLEU_2", "BLEU-2"), ("BLEU_3", "BLEU-3"),
                ("BLEU_4", "BLEU-4"), ("METEOR", "METEOR"), ("ROUGE_L", "ROUGE-L"),
@@ -163,18 +164,6 @@ def format_results(results: Mapping[str, Optional[float]], dataset_name: Optiona
     return "\n".join(out) + "\n"
 
 
-def _atomic_write(path: pathlib.Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _json_value(value) -> Optional[float]:
     if value is None:
         return None
@@ -271,6 +260,6 @@ def write_results(results: Mapping[str, Optional[float]], out_dir: str | os.Path
     files.update(_plots(flat, dataset_name))
     written = {}
     for name, data in files.items():
-        _atomic_write(out / name, data)
+        atomic.write_bytes(out / name, data)
         written[name] = out / name
     return written

@@ -10,27 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import pathlib
-import tempfile
 import time
 from typing import Optional
 
+from jima_jax import atomic
+
 log = logging.getLogger(__name__)
-
-
-def write_atomic(path: str | pathlib.Path, text: str) -> None:
-    """Writes `text` to a temporary file beside `path`, then renames it into place."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.')
-    try:
-        with os.fdopen(fd, 'w') as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def format_duration(seconds: float) -> str:
@@ -58,7 +44,7 @@ class RunReporter:
             path = workdir / 'train_log.jsonl'
             rows = read_log(path)
             if resume_step is not None and any(r.get('step', 0) > resume_step for r in rows):
-                write_atomic(path, ''.join(json.dumps(r) + '\n' for r in rows
+                atomic.write_text(path, ''.join(json.dumps(r) + '\n' for r in rows
                                            if r.get('step', 0) <= resume_step))
             self._tb = metric_writers.SummaryWriter(str(workdir / 'tb'))
             self._jsonl = open(path, 'a', buffering=1)
@@ -121,10 +107,8 @@ def plot_losses(log_path: pathlib.Path, out_path: pathlib.Path) -> Optional[path
         ax.grid(alpha=0.3)
     fig.tight_layout()
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f'.{out_path.name}.tmp.png')
-    fig.savefig(tmp, dpi=110)
+    atomic.save_figure(fig, out_path, dpi=110)
     plt.close(fig)
-    os.replace(tmp, out_path)
     return out_path
 
 

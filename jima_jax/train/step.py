@@ -13,7 +13,6 @@ time.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, Optional
 
 import flax.struct

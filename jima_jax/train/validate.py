@@ -14,11 +14,11 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from jima_jax import decode
+from jima_jax import atomic, decode
 from jima_jax.data import pipeline as pipeline_lib
 from jima_jax.data.types import PreparedSplit
 from jima_jax.evaluation import imbalance, report as report_lib, score as score_lib
-from jima_jax.train import parallel, reporting
+from jima_jax.train import parallel
 
 
 def _to_host(tree):
@@ -87,7 +87,7 @@ def write_predictions(path: pathlib.Path, split: PreparedSplit, generated: dict)
         n = max(int(np.sum(tokens != 0)), 1)
         lines.append(json.dumps({'id': i, 'report': text, 'reference': str(split.reports[k]),
                                  'mean_logprob': float(np.sum(lp) / n)}))
-    reporting.write_atomic(path, '\n'.join(lines) + '\n')
+    atomic.write_text(path, '\n'.join(lines) + '\n')
 
 
 def evaluate_split(s, generate_fn, split_name: str, state, *, with_meteor: bool,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from jima_jax.data import cleaning, phantom, phantom_corpus, types
-from jima_jax.data.phantom import Finding, Findings
+from jima_jax.data.phantom import Finding
 
 try:
     from jima_jax.data import labeler

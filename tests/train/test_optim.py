@@ -1,10 +1,7 @@
 """The two optimizers against hand-computed Adam steps, clipping and the epoch decay."""
 
-import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import optax
 
 from configs import default
 from jima_jax.train import optim
