@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
-import pathlib
 import re
 from typing import Any, Iterator, Sequence
 
@@ -531,45 +529,18 @@ def findings_from_report(report: str) -> Findings:
     return Findings(tuple(items))
 
 
-def iu_annotation_path(data_cfg) -> pathlib.Path:
-    """data.source_dir (a folder with annotation.json, or the file) or the shared IU X-ray copy."""
-    source = getattr(data_cfg, 'source_dir', '') or ''
-    path = pathlib.Path(source).expanduser() if source else sources.shared_data_dir() / 'iu_xray'
-    if path.is_dir():
-        path = path / 'annotation.json'
+def iu_phantom_studies(data_cfg) -> Iterator[types.RawStudy]:
+    """Real IU X-ray reports, each paired with phantom views of the findings it states."""
+    path = sources.iu_annotation_path(data_cfg)
     if not path.is_file():
         raise FileNotFoundError(
             f'IU-phantom needs an R2Gen annotation.json; {path} does not exist. Set '
             'data.source_dir to a folder holding annotation.json, or JIMA_SHARED_DATA to the '
             'shared data folder (with iu_xray/annotation.json).')
-    return path
-
-
-def _read_annotation(path: pathlib.Path) -> dict[str, list[dict]]:
-    try:
-        data = json.loads(path.read_text(encoding='utf-8'))
-    except json.JSONDecodeError as e:
-        raise ValueError(f'{path} is not valid JSON ({e}); expected the R2Gen annotation.json.')
-    if not isinstance(data, dict) or not any(s in data for s in types.SPLITS):
-        raise ValueError(f'{path}: expected an object with "train", "val" and "test" lists '
-                         '(the R2Gen annotation.json format).')
-    for split in types.SPLITS:
-        for i, entry in enumerate(data.get(split, [])):
-            if not isinstance(entry, dict) or not isinstance(entry.get('id'), str) or not (
-                    isinstance(entry.get('report'), str)):
-                raise ValueError(f'{path}: {split}[{i}] needs a string "id" and "report".')
-    return data
-
-
-def iu_phantom_studies(data_cfg) -> Iterator[types.RawStudy]:
-    """Real IU X-ray reports, each paired with phantom views of the findings it states."""
-    path = iu_annotation_path(data_cfg)
-    data = _read_annotation(path)
     base_seed = int(data_cfg.phantom.seed)
-    for split in types.SPLITS:
-        for entry in data.get(split, []):
-            sid, report = entry['id'], entry['report']
-            seed = study_seed(base_seed, sid)
-            found = findings_from_report(report)
-            findings = Findings(found.items, phantom.Patient.from_seed(seed))
-            yield _study(sid, split, report, findings, seed, data_cfg)
+    for split, entry in sources.r2gen_entries(path):
+        sid, report = entry['id'], entry['report']
+        seed = study_seed(base_seed, sid)
+        found = findings_from_report(report)
+        findings = Findings(found.items, phantom.Patient.from_seed(seed))
+        yield _study(sid, split, report, findings, seed, data_cfg)

@@ -95,7 +95,7 @@ def _read_json(path: pathlib.Path) -> Any:
         raise ValueError(f"{path}: not valid JSON (line {e.lineno}: {e.msg}).") from e
 
 
-def _r2gen_entries(path: pathlib.Path) -> Iterator[tuple[str, dict]]:
+def r2gen_entries(path: pathlib.Path) -> Iterator[tuple[str, dict]]:
     """(split, entry) pairs of an R2Gen annotation.json, validated."""
     data = _read_json(path)
     if not isinstance(data, dict) or not set(data) & set(SPLITS):
@@ -182,7 +182,7 @@ def _iu_r2gen(data_cfg, annotation: pathlib.Path) -> Iterator[RawStudy]:
         raise FileNotFoundError(f"{images} not found (IU X-ray images, R2Gen layout <id>/0.png); "
                                 "set data.reports_only=True to prepare the text side only.")
     mesh = _mesh_abnormal(data_cfg)
-    for split, entry in _r2gen_entries(annotation):
+    for split, entry in r2gen_entries(annotation):
         sid = str(entry["id"])
         paths = [images / p for p in entry.get("image_path", [])]
         yield RawStudy(
@@ -247,7 +247,7 @@ def mimic_cxr_studies(data_cfg) -> Iterator[RawStudy]:
     if annotation is None:
         raise FileNotFoundError("MIMIC-CXR: annotation.json (R2Gen format) not found in data.source_dir "
                                 "or data.manual_dir; MIMIC-CXR is credentialed and must be supplied by you.")
-    entries = list(_r2gen_entries(annotation))
+    entries = list(r2gen_entries(annotation))
     roots = ([manual / "files", manual, manual / "images"] if manual else []) + (
         [source / "images"] if source else [])
     root = None

@@ -7,11 +7,11 @@ import os
 import pathlib
 import re
 
-import ml_collections
 import numpy as np
 import pytest
 
 from jima_jax.data import cleaning, phantom, phantom_corpus, types
+from configs import default
 from jima_jax.data.phantom import Finding
 
 try:
@@ -27,9 +27,12 @@ CHEXPERT = types.OBSERVATIONS[1:]  # the 13 observations a report names
 
 
 def _cfg(num_train=40, num_val=5, num_test=5, seed=0, **data):
-    c = dict(name='phantom', image_size=48, num_views=2, reports_only=False, source_dir='',
-             phantom=dict(num_train=num_train, num_val=num_val, num_test=num_test, seed=seed))
-    return ml_collections.ConfigDict(c | data)
+    """The default data config with a small phantom corpus."""
+    c = default.get_config().data
+    c.update(dict(name='phantom', image_size=48, num_views=2, reports_only=False, source_dir=''))
+    c.phantom.update(dict(num_train=num_train, num_val=num_val, num_test=num_test, seed=seed))
+    c.update(data)
+    return c
 
 
 def _sample(n, seed=0):
