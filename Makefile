@@ -35,7 +35,7 @@ test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS) tests
 
 bench: $(VENV)/.installed-run
-	$(BIN)/python -m benchmarks.train_step
+	$(BIN)/python -m benchmarks.run --suite cpu
 
 clean-venv:
 	rm -rf $(VENV)

@@ -120,12 +120,17 @@ def get_config(arg=None):
 
     # ---------------------------------------------------------------- curriculum (spec 5, 6, 8)
     c.curriculum = ml_collections.ConfigDict()
+    # jima: hardest first, a ratio per task (paper); jima_release: easiest first, one shared ratio,
+    # s = val BLEU-4 (authors' code); competence_*: easy-to-hard baselines; anti: hard-to-easy.
     c.curriculum.schedule = 'none'  # none | jima | jima_release | competence_sqrt | competence_linear | anti
-    c.curriculum.warmup_epochs = 30
-    c.curriculum.floor = 0.1  # the kept ratio never drops below this
+    c.curriculum.warmup_epochs = 30  # epochs on everything first; scoring starts in the last two
+    c.curriculum.floor = 0.1  # the kept ratio never drops below this (competence: starting ratio)
     c.curriculum.k2_mode = 'all'  # all | balanced (entity / non-entity mean of means)
-    c.curriculum.measure = 'difficulty'  # difficulty (1 - mean k) | a validation metric name
-    c.curriculum.rescore_every_epochs = 1
+    # s_t: auto (jima: difficulty; jima_release: val/BLEU_4) | difficulty (1 - mean k over the
+    # scored training set) | a validation metric, e.g. val/BLEU_4 (losses enter as exp(-loss))
+    c.curriculum.measure = 'auto'
+    c.curriculum.rescore_every_epochs = 1  # re-score (and re-select) every n curriculum epochs
+    c.curriculum.pace_epochs = 0  # competence/anti: epochs from floor to 1; 0 = to the last epoch
 
     # ---------------------------------------------------------------- device mesh
     c.parallel = ml_collections.ConfigDict()

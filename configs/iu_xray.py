@@ -29,6 +29,7 @@ def get_config(arg=None):
     c.train.num_epochs = 100
     c.decode.beam_size = 3
     c.decode.max_len = 60
+    c.curriculum.schedule = 'jima'
     c.curriculum.warmup_epochs = 30  # 30 regular + 70 curriculum epochs
     if variant == 'release':
         # Spec section 8: what the authors' public code does.
@@ -43,6 +44,7 @@ def get_config(arg=None):
             o.clip = 'value'
             o.clip_value = 0.1
         c.optim.task1.visual_lr = 5e-5
+        c.curriculum.schedule = 'jima_release'
         c.curriculum.warmup_epochs = 10
         c.curriculum.floor = 0.1
         c.train.eval_decode = True

@@ -3,6 +3,9 @@ r"""Command line: prepare data, train, evaluate.
   python -m jima_jax.main --config configs/demo.py --workdir runs/demo [--config.key=value]
   python -m jima_jax.main --config configs/demo.py --workdir runs/demo --mode eval
   python -m jima_jax.main --config configs/iu_xray.py --mode prepare [--download]
+
+Several processes (see docs/scaling.md, launch/): every process runs the same command plus
+  --coordinator_address=host:port --num_processes=N --process_id=i   (or SLURM / --distributed=tpu)
 """
 
 import os
@@ -21,7 +24,31 @@ _CHECKPOINT = flags.DEFINE_string('checkpoint', 'latest',
 _DOWNLOAD = flags.DEFINE_bool('download', False,
                               'prepare mode: allow fetching public archives (IU X-ray OpenI).')
 _FORCE = flags.DEFINE_bool('force', False, 'prepare mode: rebuild an existing prepared dataset.')
+_DISTRIBUTED = flags.DEFINE_enum('distributed', 'auto', ['auto', 'off', 'slurm', 'tpu'],
+                                  'How to join a multi-process job: auto = the explicit flags '
+                                  'below, else a multi-task srun step, else one process.')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
+                                   'host:port of process 0 (multi-process runs).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the job.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
+_LOCAL_DEVICE_IDS = flags.DEFINE_list('local_device_ids', None,
+                                      'Accelerators this process drives (default: all visible).')
+_NUM_CPU_DEVICES = flags.DEFINE_integer('num_cpu_devices', 0,
+                                        'Simulated CPU devices per process (0 = JAX default).')
 flags.mark_flags_as_required(['config'])
+
+
+def _join_job() -> None:
+    """Multi-process start-up; runs before anything touches a JAX backend."""
+    from jima_jax.train import distributed
+    try:
+        cluster = distributed.resolve(
+            _DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value,
+            local_device_ids=_LOCAL_DEVICE_IDS.value)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
+    distributed.initialize(cluster, num_cpu_devices=_NUM_CPU_DEVICES.value)
 
 
 def main(argv):
@@ -36,15 +63,23 @@ def main(argv):
         return
     if not _WORKDIR.value:
         raise app.UsageError(f'--workdir is required for --mode={_MODE.value}.')
-    from jima_jax.train import loop
+    _join_job()
+    import jax
+    from jima_jax.data import prepare
+    from jima_jax.train import distributed, loop
+    distributed.process_zero_first(lambda: prepare.prepare_dataset(config.data), 'prepare')
+    main_process = jax.process_index() == 0
     if _MODE.value == 'train':
-        print(loop.format_results(loop.train_and_evaluate(config, _WORKDIR.value)))
+        result = loop.train_and_evaluate(config, _WORKDIR.value)
+        if main_process:
+            print(loop.format_results(result))
     else:
         from jima_jax.evaluation import report
         result = loop.evaluate(config, _WORKDIR.value, _SPLIT.value, _CHECKPOINT.value)
         dataset = config.data.name if config.data.name in ('iu_xray', 'mimic_cxr') else None
-        print(report.format_results(result, dataset))
-        print(f'written to {_WORKDIR.value}/eval/{_SPLIT.value}/')
+        if main_process:
+            print(report.format_results(result, dataset))
+            print(f'written to {_WORKDIR.value}/eval/{_SPLIT.value}/')
 
 
 if __name__ == '__main__':

@@ -22,12 +22,13 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jima_jax import torch_files
+from jima_jax import atomic, torch_files
 from jima_jax.data import pipeline as pipeline_lib, prepare
 from jima_jax.data.types import PreparedDataset
 from jima_jax.model import jima, resnet
 from jima_jax.evaluation import report as report_lib
 from jima_jax.train import checkpoint, curriculum as curriculum_lib, losses, parallel, reporting
+from jima_jax.train import difficulty
 from jima_jax.train import validate
 from jima_jax.train import step as step_lib
 
@@ -176,10 +177,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     s = setup(config, workdir)
     is_main = jax.process_index() == 0
     if is_main:
-        reporting.write_atomic(s.workdir / 'config.json',
+        atomic.write_text(s.workdir / 'config.json',
                                json.dumps(config_to_json(config), indent=2) + '\n')
     train = s.dataset.splits['train']
-    cur = curriculum_lib.Curriculum(config.curriculum, len(train))
+    cur = curriculum_lib.Curriculum(
+        config.curriculum, len(train), seed=config.seed, num_epochs=config.train.num_epochs,
+        composition=curriculum_lib.Composition.from_split(
+            train, s.dataset.tables.frequent_mask(1 / 8)))
+    cur.check_validation(config.train)
     if 'curriculum' in s.extra:
         cur.load_state_dict(s.extra['curriculum'])
     best = s.extra.get('best', {})
@@ -189,12 +194,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train_step = step_lib.jit_train_step(
         step_lib.build_train_step(s.modeldef, config, s.vocab_size), mesh, s.state_sharding)
     eval_fn = make_eval_fn(s)
-    generate_fn = None
+    generate_fn = score_fn = None
     pipe = pipeline_lib.SplitPipeline(train, config.input, seed=config.seed,
                                       process_index=jax.process_index(),
                                       process_count=jax.process_count())
     batch_sharding = parallel.batch_sharding(mesh)
-    reporter = reporting.RunReporter(s.workdir, enabled=is_main)
+    reporter = reporting.RunReporter(s.workdir, enabled=is_main,
+                                     resume_step=int(jax.device_get(s.state.step)))
     joint = config.train.mode == 'joint'
     views = config.data.num_views
     batch_size = int(config.input.batch_size)
@@ -236,6 +242,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             n_steps = pipeline_lib.steps_per_epoch(streams, batch_size,
                                                    config.train.steps_per_epoch)
             begin = start_in_epoch if epoch == start_epoch else 0
+            if begin == 0 and cur.rule is not None:
+                reporter.write(step, cur.epoch_scalars(epoch), epoch=epoch)
             iters = [pipe.train_batches(st, epoch=epoch, num_steps=n_steps, start_step=begin)
                      for st in streams]
             epoch_arr = np.int32(epoch)
@@ -277,7 +285,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 status = 'max_steps'
                 break
             eval_due = ((epoch + 1) % max(int(config.train.eval_every_epochs), 1) == 0
-                        or epoch + 1 == num_epochs)
+                        or epoch + 1 == num_epochs or cur.needs_validation(epoch))
             if eval_due:
                 last_eval = {}
                 for split_name in config.train.eval_splits:
@@ -300,6 +308,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                            else last_eval[metric] > best['value']))
                     if better:
                         best = {'step': step, 'value': last_eval[metric], 'metric': metric}
+            if cur.scores_due(epoch):
+                score_fn = score_fn or difficulty.jit_score_step(
+                    difficulty.build_score_step(s.modeldef, config.model, config.input), mesh,
+                    s.state_sharding)
+                t0 = time.perf_counter()
+                cur.observe(epoch, difficulty.score_split(
+                    score_fn, state.params, state.batch_stats, train, config.input,
+                    seed=config.seed, mesh=mesh), last_eval if eval_due else {})
+                c1, c2 = cur.ratios()
+                print(f'  curriculum: scored {len(train)} examples in '
+                      f'{time.perf_counter() - t0:.1f}s; next epoch keeps '
+                      f'{len(cur.kept(epoch + 1)[0])} / {len(cur.kept(epoch + 1)[1])} '
+                      f'(c1 {c1:.3f}, c2 {c2:.3f})', flush=True)
             save(epoch + 1, 0, last_eval if eval_due else None)
             if max_steps and step >= max_steps:
                 status = 'max_steps'
@@ -313,7 +334,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         result[f'best/{best["metric"]}'] = best['value']
     if is_main:
         reporting.plot_losses(s.workdir / 'train_log.jsonl', s.workdir / 'plots' / 'loss.png')
-        reporting.write_atomic(s.workdir / 'train_summary.json', json.dumps(result, indent=2))
+        if cur.rule is not None:
+            curriculum_lib.plot_curves(reporting.read_log(s.workdir / 'train_log.jsonl'),
+                                       s.workdir / 'plots' / 'curriculum.png')
+        atomic.write_text(s.workdir / 'train_summary.json', json.dumps(result, indent=2))
     return result
 
 

@@ -1,0 +1,55 @@
+r"""The IU-phantom benchmark: real IU X-ray report text, phantom images (docs/phantom.md).
+
+  python -m jima_jax.main --config configs/iu_phantom.py --workdir runs/iu_phantom
+  python -m jima_jax.main --config configs/iu_phantom.py:small --workdir runs/iu_phantom_small \
+      --config.curriculum.schedule=jima --config.seed=1
+
+':paper' (default) keeps the paper's IU X-ray hyper-parameters (spec sections 3, 6): ResNet-101 at
+224 px, the 3-layer Transformer, alpha 4e-4 / beta 1e-5 decayed x0.8 per epoch, batch 16, 100
+epochs of which 30 are warm-up, the `jima` curriculum, beam 3. ':small' is sized for a few CPU
+cores (the curriculum experiment, experiments/curriculum_iu_phantom.py): the frontal view only at
+48 px, ResNet-18, a 2-layer width-128 Transformer, 5 epochs of which 2 are warm-up, larger
+learning rates so that a few epochs learn something. Horizontal flips stay off: the phantom draws
+laterality, and a flip would make "left" and "right" unpredictable. The reports come from the
+shared IU X-ray annotation.json (JIMA_SHARED_DATA, or --config.data.source_dir).
+"""
+
+from configs import default
+
+
+def get_config(arg=None):
+    variant = arg or 'paper'
+    if variant not in ('paper', 'small'):
+        raise ValueError(f"configs/iu_phantom.py:{arg}: expected ':paper' (default) or ':small'.")
+    c = default.get_config()
+    c.data.name = 'iu_phantom'
+    c.data.num_views = 2
+    c.data.min_count = 3
+    c.data.max_len = 60
+    c.data.abnormal_from = 'dataset'  # the phantom's findings (the images are drawn from them)
+    c.input.batch_size = 16
+    c.model.backbone = 'resnet101'
+    c.train.num_epochs = 100
+    c.decode.beam_size = 3
+    c.decode.max_len = 60
+    c.curriculum.schedule = 'jima'
+    c.curriculum.warmup_epochs = 30
+    if variant == 'small':
+        c.data.num_views = 1  # the frontal view
+        c.data.image_size = 56
+        c.input.image_size = 48
+        c.input.eval_batch_size = 64
+        c.model.backbone = 'resnet18'
+        c.model.width = 128
+        c.model.num_heads = 4
+        c.model.num_encoder_layers = 2
+        c.model.num_decoder_layers = 2
+        c.model.ffn_dim = 256
+        c.optim.task1.lr = 5e-4
+        c.optim.task2.lr = 5e-4
+        c.optim.task1.decay_rate = 0.9
+        c.optim.task2.decay_rate = 0.9
+        c.train.num_epochs = 5
+        c.train.log_every_steps = 20
+        c.curriculum.warmup_epochs = 2
+    return c
