@@ -11,6 +11,9 @@ COLUMNS = ('benchmark', 'case', 'shape', 'dtype', 'batch', 'devices', 'step (s)'
            'images/s', 'TFLOP/s/device', 'MFU')
 
 
+IU_VAL_STUDIES = 296  # R2Gen split of IU X-ray
+
+
 def _fmt(x, spec: str = '.3g') -> str:
     if x is None:
         return '-'
@@ -79,6 +82,14 @@ def checks(rows: list[dict]) -> list[str]:
         if dtype == 'bfloat16' and f32:
             out.append(f'bfloat16 vs float32 ({shape}, batch {batch}): '
                        f'{r["examples_per_sec"] / f32["examples_per_sec"]:.2f}x the examples/s.')
+    for r in rows:
+        if r['benchmark'] == 'beam_search' and r['devices'] == 1:
+            batches = -(-IU_VAL_STUDIES // r['batch'])
+            out.append(f'{r["case"]} at the {r["shape"]} shape, batch {r["batch"]}: '
+                       f'{r["examples_per_sec"]:.2f} studies/s ({r["mean_generated_tokens"]:.0f} '
+                       f'tokens generated on average); an IU X-ray validation pass '
+                       f'({IU_VAL_STUDIES} studies = {batches} batches) at this median batch time: '
+                       f'{batches * r["step_seconds"]:.0f} s.')
     return out
 
 

@@ -51,6 +51,7 @@ def suite_jobs(suite: str) -> list[dict]:
                    _job('difficulty', 'difficulty', shape='small', devices=1, num_examples=128,
                         steps=1),
                    _job('beam_search', 'beam_search', shape='small', devices=1, steps=2),
+                   _job('beam_search', 'beam_search', shape='paper', devices=1, steps=2),
                    _job('paper_model', 'train_step', shape='paper', devices=1,
                         variants=['fused_jit'], steps=2)])
     if suite in ('gpu', 'tpu'):

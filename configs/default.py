@@ -111,6 +111,8 @@ def get_config(arg=None):
     c.train.log_every_steps = 10
     c.train.eval_every_epochs = 1
     c.train.checkpoint_every_steps = 0  # 0 = at the end of every epoch only
+    # '' = <workdir>/checkpoints; else a path every host sees, or gs://bucket/run (multi-host)
+    c.train.checkpoint_dir = ''
     c.train.keep_checkpoints = 3  # the last N are kept, plus the best by best_metric
     c.train.best_metric = 'val/loss/report'
     c.train.best_mode = 'min'  # min | max
@@ -147,3 +149,17 @@ def get_config(arg=None):
     c.decode.block_trigrams = False
 
     return c
+
+
+def use_cpu_minutes_model(c) -> None:
+    """The small network of the CPU-minute configs (demo, iu_phantom:small): ResNet-18, a 2-layer
+    width-128 Transformer, and learning rates large enough to learn in a few epochs."""
+    c.model.backbone = 'resnet18'
+    c.model.width = 128
+    c.model.num_heads = 4
+    c.model.num_encoder_layers = 2
+    c.model.num_decoder_layers = 2
+    c.model.ffn_dim = 256
+    for task in (c.optim.task1, c.optim.task2):
+        task.lr = 5e-4
+        task.decay_rate = 0.9

@@ -39,16 +39,7 @@ def get_config(arg=None):
         c.data.image_size = 56
         c.input.image_size = 48
         c.input.eval_batch_size = 64
-        c.model.backbone = 'resnet18'
-        c.model.width = 128
-        c.model.num_heads = 4
-        c.model.num_encoder_layers = 2
-        c.model.num_decoder_layers = 2
-        c.model.ffn_dim = 256
-        c.optim.task1.lr = 5e-4
-        c.optim.task2.lr = 5e-4
-        c.optim.task1.decay_rate = 0.9
-        c.optim.task2.decay_rate = 0.9
+        default.use_cpu_minutes_model(c)
         c.train.num_epochs = 5
         c.train.log_every_steps = 20
         c.curriculum.warmup_epochs = 2

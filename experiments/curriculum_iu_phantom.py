@@ -72,7 +72,11 @@ def run_one(root: pathlib.Path, schedule: str, seed: int, extra: list[str]) -> d
     workdir = run_dir(root, schedule, seed)
     done = workdir / 'experiment_run.json'
     if done.exists():
-        return json.loads(done.read_text())
+        record = json.loads(done.read_text())
+        if 'teacher_forced' not in record:  # a run of an earlier version of this script
+            record['teacher_forced'] = teacher_forced(workdir, schedule, seed, extra)
+            atomic.write_text(done, json.dumps(record, indent=2) + '\n')
+        return record
     workdir.mkdir(parents=True, exist_ok=True)
     flags = ['--config', CONFIG, '--workdir', str(workdir),
              f'--config.curriculum.schedule={schedule}', f'--config.seed={seed}',
@@ -242,13 +246,8 @@ def main(argv=None) -> None:
         for schedule in schedules:
             workdir = run_dir(root, schedule, seed)
             if args.summarize:
-                done = workdir / 'experiment_run.json'
-                if done.exists():
-                    record = json.loads(done.read_text())
-                    if 'teacher_forced' not in record:  # runs of an earlier version
-                        record['teacher_forced'] = teacher_forced(workdir, schedule, seed, extra)
-                        atomic.write_text(done, json.dumps(record, indent=2) + '\n')
-                    records.append(record)
+                if (workdir / 'experiment_run.json').exists():
+                    records.append(run_one(root, schedule, seed, extra))
                 continue
             print(f'{datetime.datetime.now():%H:%M:%S} {schedule} seed {seed}', flush=True)
             records.append(run_one(root, schedule, seed, extra))

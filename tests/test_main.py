@@ -79,8 +79,10 @@ def test_eval_mode_scores_the_test_split(reference):
     results = json.loads((out / 'results.json').read_text())
     for key in ('BLEU_1', 'BLEU_4', 'ROUGE_L', 'CIDEr', 'ce/micro_u0/f1',
                 'token_f1/1_8/infrequent', 'BLEU_4/normal', 'BLEU_4/abnormal',
-                'test/loss/report', 'entity/f1'):
+                'test/loss/report', 'entity/f1', 'test/image_reliance/report'):
         assert key in results, key
+    assert abs(results['test/image_reliance/report']) < 5  # a loss difference in nats, finite
+    assert 'Does the model read the image?' in (out / 'results.md').read_text()
     preds = [json.loads(line) for line in (out / 'predictions.jsonl').read_text().splitlines()]
     assert len(preds) == 16 and all(p['report'] for p in preds)
     assert (out / 'results.md').exists() and (out / 'bucket_f1.png').exists()

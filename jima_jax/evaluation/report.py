@@ -104,6 +104,15 @@ def format_results(results: Mapping[str, Optional[float]], dataset_name: Optiona
     if nlg_rows:
         out += ["", "## Report generation (NLG)", ""] + _table(header, nlg_rows)
 
+    reliance = sorted(k for k in results if "/image_reliance/" in k and results[k] is not None)
+    if reliance:
+        used.update(reliance)
+        out += ["", "## Does the model read the image?", "",
+                "Loss increase (nats) when every study is given its batch neighbour's images; "
+                "about 0 means the reports do not depend on the radiograph.", ""]
+        out += _table(["loss", "increase"], [[k.rsplit("/", 1)[1], f"{results[k]:.4f}"]
+                                            for k in reliance])
+
     subset_rows = ours_and_paper(["normal", "abnormal"])
     if subset_rows:
         counts = ", ".join(f"{s} {int(results[f'count/{s}'])}" for s in ("normal", "abnormal")

@@ -1,6 +1,6 @@
 """Orbax checkpoints: train state, config, and an "extra" JSON (curriculum, data position).
 
-One `CheckpointManager` under `<workdir>/checkpoints`, saving asynchronously. Preserved: the last
+One `CheckpointManager` under `<workdir>/checkpoints` (or `train.checkpoint_dir`, gs:// too), saving asynchronously. Preserved: the last
 `train.keep_checkpoints` steps plus the best one by `train.best_metric` (only checkpoints saved
 with that metric compete). Orbax writes each step into a temporary directory and renames it when
 complete, so a crash mid-save never leaves a checkpoint that `restore` would pick up.
@@ -33,11 +33,26 @@ def _jsonable(tree: Any) -> Any:
     return tree
 
 
+def checkpoint_dir(workdir: str | pathlib.Path, train_cfg):
+    """`train.checkpoint_dir` (a local path or a gs:// URL), or `<workdir>/checkpoints`."""
+    where = str(train_cfg.get('checkpoint_dir', '') or '')
+    if not where:
+        return pathlib.Path(workdir).absolute() / 'checkpoints'
+    if where.startswith('gs://'):
+        from etils import epath  # Orbax's own path type; handles gs:// through tensorstore/gcs
+        return epath.Path(where)
+    if '://' in where:
+        raise ValueError(f'train.checkpoint_dir={where!r}: only local paths and gs:// URLs are '
+                         'supported.')
+    return pathlib.Path(where).absolute()
+
+
 class Checkpointer:
     """Saves and restores (state, extra) pairs; `config` is written with every step for provenance."""
 
     def __init__(self, directory: str | pathlib.Path, train_cfg, *, async_save: bool = True):
-        self.directory = pathlib.Path(directory).absolute()
+        self.directory = (directory if str(directory).startswith('gs://')
+                          else pathlib.Path(directory).absolute())
         self.metric = train_cfg.best_metric
         if train_cfg.best_mode not in ('min', 'max'):
             raise ValueError(f"train.best_mode={train_cfg.best_mode!r}: expected 'min' or 'max'.")

@@ -101,7 +101,7 @@ def setup(config, workdir: str | pathlib.Path, *, restore: bool = True,
     modeldef, params, stats = build_model(config, dataset.vocab_size)
     host_state = step_lib.init_train_state(config, params, stats)
     state_sharding = parallel.state_shardings(mesh, host_state, config.parallel)
-    checkpointer = checkpoint.Checkpointer(workdir / 'checkpoints', config.train)
+    checkpointer = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir, config.train), config.train)
     extra: dict = {}
     restored = None
     if restore and checkpointer.latest_step() is not None:
@@ -147,8 +147,13 @@ def make_eval_fn(s: Setup):
                                      batch, rep), out_shardings=rep)
 
 
-def evaluate_loss(s: Setup, eval_fn, split_name: str, state=None) -> dict[str, float]:
-    """Mean entity BCE and report NLL over a whole split (`<split>/loss/...`)."""
+def evaluate_loss(s: Setup, eval_fn, split_name: str, state=None,
+                  shuffle_images: bool = False) -> dict[str, float]:
+    """Mean entity BCE and report NLL over a whole split (`<split>/loss/...`).
+
+    `shuffle_images` gives every study the images of its neighbour in the batch (a roll by one):
+    the losses a model earns without looking at its own image (`image_reliance` below).
+    """
     state = s.state if state is None else state
     split = s.dataset.splits[split_name]
     if len(split) == 0:
@@ -159,6 +164,8 @@ def evaluate_loss(s: Setup, eval_fn, split_name: str, state=None) -> dict[str, f
     sharding = parallel.batch_sharding(s.mesh)
     totals = None
     for batch in pipe.eval_batches():
+        if shuffle_images:
+            batch = dict(batch, images=np.roll(np.asarray(batch['images']), 1, axis=0))
         out = eval_fn(state.params, state.batch_stats, parallel.put_batch(batch, sharding),
                       s.loss_tables)
         totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
@@ -343,12 +350,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _checkpoint_step(workdir: pathlib.Path, train_cfg, which: str) -> Optional[int]:
     """'latest', 'best' (by train.best_metric, recorded during training) or a step number."""
-    ck = checkpoint.Checkpointer(workdir / 'checkpoints', train_cfg)
+    ck = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir, train_cfg), train_cfg)
     latest = ck.latest_step()
     try:
         if latest is None:
             raise FileNotFoundError(
-                f'{workdir}/checkpoints holds no checkpoint; train first '
+                f'{ck.directory} holds no checkpoint; train first '
                 f'(python -m jima_jax.main --config ... --workdir {workdir}).')
         if which == 'latest':
             return latest
@@ -367,6 +374,20 @@ def _checkpoint_step(workdir: pathlib.Path, train_cfg, which: str) -> Optional[i
         ck.close()
 
 
+def image_reliance(s: Setup, eval_fn, split_name: str, losses_now: dict) -> dict[str, float]:
+    """How much worse the losses get when each study is given another study's images.
+
+    A model that reads the radiograph loses nats per token when the images are swapped; one that
+    has only learnt the corpus's language (a common failure on small data: the same fluent report
+    for every study) loses nothing. Reported as `<split>/image_reliance/{report,entity}` =
+    shuffled loss - true loss.
+    """
+    shuffled = evaluate_loss(s, eval_fn, split_name, shuffle_images=True)
+    return {f'{split_name}/image_reliance/{task}':
+            shuffled[f'{split_name}/loss/{task}'] - losses_now[f'{split_name}/loss/{task}']
+            for task in ('report', 'entity') if f'{split_name}/loss/{task}' in shuffled}
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str, split_name: str = 'test',
              which: str = 'latest') -> dict:
     """Every metric on `split_name` for a checkpoint of `workdir`; writes eval/<split>/."""
@@ -377,7 +398,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, split_name: str = 
         raise ValueError(f'--split={split_name!r}: the dataset has non-empty splits '
                          f'{[k for k, v in s.dataset.splits.items() if len(v)]}.')
     result = {'step': int(jax.device_get(s.state.step))}
-    result.update(evaluate_loss(s, make_eval_fn(s), split_name))
+    eval_fn = make_eval_fn(s)
+    result.update(evaluate_loss(s, eval_fn, split_name))
+    result.update(image_reliance(s, eval_fn, split_name, result))
     out = s.workdir / 'eval' / split_name
     result.update(validate.evaluate_split(s, validate.make_generate(s), split_name, s.state,
                                           with_meteor=True, out_dir=out))

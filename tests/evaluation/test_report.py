@@ -51,3 +51,11 @@ def test_failed_write_leaves_previous_file(tmp_path, monkeypatch):
         report.write_results({"BLEU_1": 0.9}, tmp_path)
     assert json.loads((tmp_path / "results.json").read_text()) == {"BLEU_1": 0.5}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json", "results.md"]
+
+
+def test_image_reliance_gets_its_own_table():
+    md = report.format_results({"BLEU_1": 0.5, "test/image_reliance/report": 0.00031,
+                                "test/image_reliance/entity": -0.0002}, None)
+    section = md.split("## Does the model read the image?")[1]
+    assert "| report | 0.0003 |" in section and "| entity | -0.0002 |" in section
+    assert "Other values" not in md  # both keys were placed in that table

@@ -71,3 +71,17 @@ def test_a_half_written_step_is_ignored(tmp_path):
 def test_bad_best_mode_is_reported(tmp_path):
     with pytest.raises(ValueError, match='best_mode'):
         checkpoint.Checkpointer(tmp_path, _train_cfg('biggest'))
+
+
+def test_checkpoint_dir_defaults_to_the_workdir_and_accepts_a_shared_path_or_gs(tmp_path):
+    cfg = _train_cfg()  # no checkpoint_dir key at all: the default
+    assert checkpoint.checkpoint_dir(tmp_path / 'run', cfg) == (tmp_path / 'run' / 'checkpoints')
+    cfg.checkpoint_dir = ''
+    assert checkpoint.checkpoint_dir(tmp_path / 'run', cfg) == (tmp_path / 'run' / 'checkpoints')
+    cfg.checkpoint_dir = str(tmp_path / 'shared' / 'ck')
+    assert checkpoint.checkpoint_dir(tmp_path / 'run', cfg) == tmp_path / 'shared' / 'ck'
+    cfg.checkpoint_dir = 'gs://bucket/runs/iu'
+    assert str(checkpoint.checkpoint_dir(tmp_path, cfg)) == 'gs://bucket/runs/iu'
+    cfg.checkpoint_dir = 's3://bucket/x'
+    with pytest.raises(ValueError, match='train.checkpoint_dir'):
+        checkpoint.checkpoint_dir(tmp_path, cfg)
