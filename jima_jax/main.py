@@ -2,6 +2,8 @@ r"""Command line: prepare data, train, evaluate.
 
   python -m jima_jax.main --config configs/demo.py --workdir runs/demo [--config.key=value]
   python -m jima_jax.main --config configs/demo.py --workdir runs/demo --mode eval
+  python -m jima_jax.main --config configs/demo.py --workdir runs/demo --mode predict \
+      --images frontal.png,lateral.png [--images ...] [--image_list studies.jsonl] [--output F]
   python -m jima_jax.main --config configs/iu_xray.py --mode prepare [--download]
 
 Several processes (see docs/scaling.md, launch/): every process runs the same command plus
@@ -17,10 +19,20 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (see configs/).',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, logs, results.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['prepare', 'train', 'eval'], 'What to do.')
-_SPLIT = flags.DEFINE_string('split', 'test', 'eval mode: the split to evaluate.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['prepare', 'train', 'eval', 'predict'],
+                          'What to do.')
+_SPLIT = flags.DEFINE_string('split', None, 'eval: the split to score (default test); predict: '
+                             'generate for a prepared split instead of image files.')
 _CHECKPOINT = flags.DEFINE_string('checkpoint', 'latest',
-                                  'eval mode: latest, best (by train.best_metric) or a step.')
+                                  'eval/predict: latest, best (by train.best_metric) or a step.')
+_IMAGES = flags.DEFINE_multi_string('images', [], 'predict: one study, its view files joined by '
+                                    'commas (frontal first); repeat the flag per study.')
+_IMAGE_LIST = flags.DEFINE_string('image_list', None, 'predict: a file of studies, JSON lines '
+                                  '{"id": ..., "images": [...]} or lines path[,path].')
+_OUTPUT = flags.DEFINE_string('output', None,
+                              'predict: output JSONL (default <workdir>/predict/<name>.jsonl).')
+_TOKEN_LOGPROBS = flags.DEFINE_bool('token_logprobs', False,
+                                    'predict: add per-token log-probs to every line.')
 _DOWNLOAD = flags.DEFINE_bool('download', False,
                               'prepare mode: allow fetching public archives (IU X-ray OpenI).')
 _FORCE = flags.DEFINE_bool('force', False, 'prepare mode: rebuild an existing prepared dataset.')
@@ -73,13 +85,25 @@ def main(argv):
         result = loop.train_and_evaluate(config, _WORKDIR.value)
         if main_process:
             print(loop.format_results(result))
+    elif _MODE.value == 'predict':
+        from jima_jax import predict
+        try:
+            out = predict.predict(config, _WORKDIR.value, images=_IMAGES.value,
+                                  image_list=_IMAGE_LIST.value, split=_SPLIT.value,
+                                  which=_CHECKPOINT.value, output=_OUTPUT.value,
+                                  with_token_logprobs=_TOKEN_LOGPROBS.value)
+        except ValueError as e:
+            raise app.UsageError(str(e)) from e
+        if main_process:
+            print(f'written to {out}')
     else:
         from jima_jax.evaluation import report
-        result = loop.evaluate(config, _WORKDIR.value, _SPLIT.value, _CHECKPOINT.value)
+        split = _SPLIT.value or 'test'
+        result = loop.evaluate(config, _WORKDIR.value, split, _CHECKPOINT.value)
         dataset = config.data.name if config.data.name in ('iu_xray', 'mimic_cxr') else None
         if main_process:
             print(report.format_results(result, dataset))
-            print(f'written to {_WORKDIR.value}/eval/{_SPLIT.value}/')
+            print(f'written to {_WORKDIR.value}/eval/{split}/')
 
 
 if __name__ == '__main__':

@@ -72,7 +72,8 @@ def test_training_writes_the_output_contract(reference):
     assert summary['status'] == 'completed' and summary['step'] == STEPS
 
 
-def test_eval_mode_scores_the_test_split(reference):
+def test_eval_mode_scores_the_test_split_and_predict_mode_agrees(reference, tmp_path,
+                                                                 smoke_dataset):
     workdir, _ = reference
     stdout = _run(workdir, mode='eval')
     out = workdir / 'eval' / 'test'
@@ -87,6 +88,36 @@ def test_eval_mode_scores_the_test_split(reference):
     assert len(preds) == 16 and all(p['report'] for p in preds)
     assert (out / 'results.md').exists() and (out / 'bucket_f1.png').exists()
     assert 'BLEU-4' in stdout
+    _check_predict_mode_equals_eval(workdir, {p['id']: p['report'] for p in preds}, tmp_path,
+                                    smoke_dataset)
+
+
+def _check_predict_mode_equals_eval(workdir, eval_reports, tmp_path, smoke_dataset):
+    """--mode predict on PNG files of test studies writes the reports eval generated for them."""
+    from PIL import Image
+    test = smoke_dataset.splits['test']
+    files = {}
+    for i in (0, 1):
+        files[str(test.ids[i])] = []
+        for v, view in enumerate(test.images[i]):
+            path = tmp_path / f'{test.ids[i]}_{v}.png'
+            Image.fromarray(view).save(path)
+            files[str(test.ids[i])].append(path)
+    first, second = list(files)
+    (tmp_path / 'list.jsonl').write_text(json.dumps(
+        {'id': second, 'images': [p.name for p in files[second]]}) + '\n')
+    out = tmp_path / 'pred.jsonl'
+    _run(workdir, '--images', ','.join(str(p) for p in files[first]),
+         '--image_list', str(tmp_path / 'list.jsonl'), '--output', str(out),
+         '--token_logprobs', mode='predict')
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r['id'] for r in rows] == [f'{first}_0', second]  # --images: id = first file's stem
+    assert [r['report'] for r in rows] == [eval_reports[first], eval_reports[second]]
+    words = len(rows[0]['report'].split())  # + the end-of-report token unless cut at max_len
+    assert len(rows[0]['token_logprobs']) in (words, words + 1)
+    bad = subprocess.run(_cmd(workdir, '--images', str(tmp_path / 'missing.png'), mode='predict'),
+                         cwd=str(REPO), capture_output=True, text=True, timeout=600)
+    assert bad.returncode != 0 and 'missing.png is missing' in bad.stderr
 
 
 def test_sigkill_and_sigterm_then_resume_reproduce_the_uninterrupted_run(reference, tmp_path):

@@ -348,7 +348,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return result
 
 
-def _checkpoint_step(workdir: pathlib.Path, train_cfg, which: str) -> Optional[int]:
+def checkpoint_step(workdir: pathlib.Path, train_cfg, which: str) -> Optional[int]:
     """'latest', 'best' (by train.best_metric, recorded during training) or a step number."""
     ck = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir, train_cfg), train_cfg)
     latest = ck.latest_step()
@@ -392,7 +392,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, split_name: str = 
              which: str = 'latest') -> dict:
     """Every metric on `split_name` for a checkpoint of `workdir`; writes eval/<split>/."""
     workdir = pathlib.Path(workdir)
-    step = _checkpoint_step(workdir, config.train, which)
+    step = checkpoint_step(workdir, config.train, which)
     s = setup(config, workdir, step=step)
     if split_name not in s.dataset.splits or len(s.dataset.splits[split_name]) == 0:
         raise ValueError(f'--split={split_name!r}: the dataset has non-empty splits '
