@@ -321,5 +321,23 @@ def beam_search(job: dict) -> list[dict]:
                  hardware=hw)]
 
 
-CASES = {'train_step': train_step, 'pipeline': input_pipeline, 'difficulty': difficulty_scoring,
+def render(job: dict) -> list[dict]:
+    """Phantom radiographs per second on one core (the prepare-time cost of the built-in data)."""
+    from jima_jax.data import phantom, phantom_corpus
+    size, n = int(job.get('size', 256)), int(job['num_examples'])
+    rng = np.random.default_rng(0)
+    findings = [phantom_corpus.sample_findings(rng) for _ in range(n)]
+    phantom.render_study(findings[0], seed=0, size=size)  # caches grids and textures
+    t0 = time.process_time()
+    for i, f in enumerate(findings):
+        phantom.render_study(f, seed=i, size=size, views=2)
+    cpu = time.process_time() - t0
+    return [dict(benchmark=job['benchmark'], case='render_study', shape=f'{size}px',
+                 dtype='uint8', batch=1, devices=0, views=2, step_seconds=cpu / n,
+                 examples_per_sec=n / cpu, images_per_sec=2 * n / cpu, num_examples=n,
+                 timing='CPU seconds of this process (one core; numpy single-threaded)',
+                 hardware=hardware.describe())]
+
+
+CASES = {'render': render, 'train_step': train_step, 'pipeline': input_pipeline, 'difficulty': difficulty_scoring,
          'beam_search': beam_search}

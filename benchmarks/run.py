@@ -28,7 +28,7 @@ import time
 
 RESULTS_DIR = pathlib.Path(__file__).parent / 'results'
 ROW_PREFIX = 'BENCH_ROW '
-BENCHMARKS = ('step_variants', 'scaling', 'dtype', 'paper_model', 'pipeline', 'difficulty',
+BENCHMARKS = ('render', 'step_variants', 'scaling', 'dtype', 'paper_model', 'pipeline', 'difficulty',
               'beam_search')
 VARIANTS = ['fused_jit', 'pmap', 'unfused']
 
@@ -47,7 +47,8 @@ def suite_jobs(suite: str) -> list[dict]:
                         steps=10) for n in (1, 2, 4)]
                 + [_job('dtype', 'train_step', shape='small', devices=1, dtype=d,
                         variants=['fused_jit'], steps=3) for d in ('float32', 'bfloat16')]
-                + [_job('pipeline', 'pipeline', shape='paper', num_examples=128, steps=40),
+                + [_job('render', 'render', shape='256px', num_examples=200, steps=1),
+                   _job('pipeline', 'pipeline', shape='paper', num_examples=128, steps=40),
                    _job('difficulty', 'difficulty', shape='small', devices=1, num_examples=128,
                         steps=1),
                    _job('beam_search', 'beam_search', shape='small', devices=1, steps=2),
