@@ -163,3 +163,27 @@ def use_cpu_minutes_model(c) -> None:
     for task in (c.optim.task1, c.optim.task2):
         task.lr = 5e-4
         task.decay_rate = 0.9
+
+
+def use_release_recipe(c, *, decay_rate: float, decay_every_epochs: int) -> None:
+    """Spec section 8, what the authors' public code does (shared by the `:release` presets):
+    MLP entity head, entity loss x0.5, AMSGrad + weight decay, value clipping, per-group learning
+    rates, the easiest-first shared-ratio curriculum driven by validation BLEU-4 (warm-up 10,
+    floor 0.1), best checkpoint by BLEU-4. Only the learning-rate decay differs per dataset."""
+    c.model.entity_head = 'mlp'
+    c.loss.entity_weight = 0.5
+    for o in (c.optim.task1, c.optim.task2):
+        o.lr = 1e-4
+        o.amsgrad = True
+        o.weight_decay = 5e-5
+        o.decay_rate = decay_rate
+        o.decay_every_epochs = decay_every_epochs
+        o.clip = 'value'
+        o.clip_value = 0.1
+    c.optim.task1.visual_lr = 5e-5
+    c.curriculum.schedule = 'jima_release'
+    c.curriculum.warmup_epochs = 10
+    c.curriculum.floor = 0.1
+    c.train.eval_decode = True
+    c.train.best_metric = 'val/BLEU_4'
+    c.train.best_mode = 'max'

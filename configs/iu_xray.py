@@ -32,22 +32,5 @@ def get_config(arg=None):
     c.curriculum.schedule = 'jima'
     c.curriculum.warmup_epochs = 30  # 30 regular + 70 curriculum epochs
     if variant == 'release':
-        # Spec section 8: what the authors' public code does.
-        c.model.entity_head = 'mlp'
-        c.loss.entity_weight = 0.5
-        for o in (c.optim.task1, c.optim.task2):
-            o.lr = 1e-4
-            o.amsgrad = True
-            o.weight_decay = 5e-5
-            o.decay_rate = 0.1
-            o.decay_every_epochs = 50
-            o.clip = 'value'
-            o.clip_value = 0.1
-        c.optim.task1.visual_lr = 5e-5
-        c.curriculum.schedule = 'jima_release'
-        c.curriculum.warmup_epochs = 10
-        c.curriculum.floor = 0.1
-        c.train.eval_decode = True
-        c.train.best_metric = 'val/BLEU_4'
-        c.train.best_mode = 'max'
+        default.use_release_recipe(c, decay_rate=0.1, decay_every_epochs=50)
     return c

@@ -31,20 +31,5 @@ def get_config(arg=None):
     c.decode.beam_size = 3
     c.decode.max_len = 100
     if variant == 'release':
-        c.model.entity_head = 'mlp'
-        c.loss.entity_weight = 0.5
-        for o in (c.optim.task1, c.optim.task2):
-            o.lr = 1e-4
-            o.amsgrad = True
-            o.weight_decay = 5e-5
-            o.decay_rate = 0.8
-            o.decay_every_epochs = 1
-            o.clip = 'value'
-            o.clip_value = 0.1
-        c.optim.task1.visual_lr = 5e-5
-        c.curriculum.schedule = 'jima_release'
-        c.curriculum.warmup_epochs = 10
-        c.train.eval_decode = True
-        c.train.best_metric = 'val/BLEU_4'
-        c.train.best_mode = 'max'
+        default.use_release_recipe(c, decay_rate=0.8, decay_every_epochs=1)
     return c
