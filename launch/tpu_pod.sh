@@ -7,7 +7,8 @@
 #       -- --config configs/iu_xray.py --workdir /mnt/shared/runs/iu [--config.key=value ...]
 #
 # Everything after `--` goes to jima_jax.main unchanged (the same configs as every other launch).
-# --workdir must be storage all workers share (checkpoints are written by every worker).
+# Checkpoints are written by every worker: --workdir must be storage all workers share, or pass
+# --config.train.checkpoint_dir=gs://bucket/run (logs and results stay on worker 0).
 # --dry-run prints every command (gcloud and local) instead of running it.
 set -euo pipefail
 
