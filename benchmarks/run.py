@@ -5,7 +5,7 @@ r"""One runner for every throughput benchmark; `make bench` runs the CPU suite.
   python -m benchmarks.run --suite tpu          # all devices of this TPU VM
   python -m benchmarks.run --suite cpu --only step_variants,scaling --out /tmp/bench
 
-Covers: the train step (fused jit-sharded vs pmap vs an unfused two-program baseline), float32 vs
+Covers: phantom rendering (one core), the train step (fused jit-sharded vs pmap vs an unfused two-program baseline), float32 vs
 bfloat16 compute, scaling over 1/2/4/8 devices (simulated CPU devices on the cpu suite: separate
 processes with XLA_FLAGS; real devices elsewhere), the input pipeline, difficulty scoring and beam
 search. Each job runs in its own subprocess (device count fixed at JAX start, no state shared);
@@ -63,6 +63,7 @@ def suite_jobs(suite: str) -> list[dict]:
                    for d, b in (('float32', 16), ('bfloat16', 16), ('bfloat16', 128))]
                 + [_job('scaling', 'train_step', shape='paper', dtype='bfloat16', batch=64,
                         devices='powers', variants=['fused_jit'], steps=20),
+                   _job('render', 'render', shape='256px', num_examples=200, steps=1),
                    _job('pipeline', 'pipeline', shape='paper', num_examples=512, steps=100),
                    _job('difficulty', 'difficulty', shape='paper', dtype='bfloat16', batch=64,
                         devices='all', num_examples=512, steps=2),
