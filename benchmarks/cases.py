@@ -339,5 +339,5 @@ def render(job: dict) -> list[dict]:
                  hardware=hardware.describe())]
 
 
-CASES = {'render': render, 'train_step': train_step, 'pipeline': input_pipeline, 'difficulty': difficulty_scoring,
-         'beam_search': beam_search}
+CASES = {'render': render, 'train_step': train_step, 'pipeline': input_pipeline,
+         'difficulty': difficulty_scoring, 'beam_search': beam_search}

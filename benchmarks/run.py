@@ -5,11 +5,12 @@ r"""One runner for every throughput benchmark; `make bench` runs the CPU suite.
   python -m benchmarks.run --suite tpu          # all devices of this TPU VM
   python -m benchmarks.run --suite cpu --only step_variants,scaling --out /tmp/bench
 
-Covers: phantom rendering (one core), the train step (fused jit-sharded vs pmap vs an unfused two-program baseline), float32 vs
-bfloat16 compute, scaling over 1/2/4/8 devices (simulated CPU devices on the cpu suite: separate
-processes with XLA_FLAGS; real devices elsewhere), the input pipeline, difficulty scoring and beam
-search. Each job runs in its own subprocess (device count fixed at JAX start, no state shared);
-a job that fails becomes an error row and the suite goes on. Writes, under --out:
+Covers: phantom rendering (one core), the train step (fused jit-sharded vs pmap vs an unfused
+two-program baseline), float32 vs bfloat16 compute, scaling over 1/2/4/8 devices (simulated CPU
+devices on the cpu suite: separate processes with XLA_FLAGS; real devices elsewhere), the input
+pipeline, difficulty scoring and beam search. Each job runs in its own subprocess (device count
+fixed at JAX start, no state shared); a job that fails becomes an error row and the suite goes on.
+Writes, under --out:
   bench_<suite>_<date>_<machine>.jsonl   one JSON object per result (config, hardware, jax
                                          version, examples/s, step time, MFU on accelerators)
   bench_<suite>_<date>_<machine>.md      table + checks of the issue's goals
