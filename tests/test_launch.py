@@ -205,8 +205,12 @@ def test_local_multihost_stops_every_process_when_one_fails(tmp_path):
         #!/usr/bin/env bash
         for a in "$@"; do case $a in --process_id=*) id=${{a#--process_id=}} ;; esac; done
         echo "$@" > {tmp_path}/args_$id
-        if [ "$id" = 1 ]; then echo "process 1 broke" >&2; exit 3; fi
-        sleep 300 & echo $! > {tmp_path}/child_pid
+        if [ "$id" = 1 ]; then
+          # fail once process 0 is up (its child started), so the launcher has something to stop
+          for _ in $(seq 100); do [ -s {tmp_path}/child_pid ] && break; sleep 0.1; done
+          echo "process 1 broke" >&2; exit 3
+        fi
+        sleep 300 & echo $! > {tmp_path}/child_pid.tmp; mv {tmp_path}/child_pid.tmp {tmp_path}/child_pid
         wait
     ''').lstrip())
     fake_python.chmod(0o755)

@@ -169,9 +169,10 @@ JOIN = textwrap.dedent('''
             marker.write_text('0')
         return seen
     seen = distributed.process_zero_first(touch, 'test')
-    print(json.dumps(dict(source=cluster.source, index=jax.process_index(),
-                          count=jax.process_count(), devices=jax.device_count(),
-                          total=float(total), seen_marker=seen)))
+    # a file, not stdout: gloo's C++ logging can land in the middle of a printed line
+    pathlib.Path(f'{marker}.result{jax.process_index()}').write_text(json.dumps(dict(
+        source=cluster.source, index=jax.process_index(), count=jax.process_count(),
+        devices=jax.device_count(), total=float(total), seen_marker=seen)))
 ''')
 
 
@@ -192,9 +193,7 @@ def test_two_slurm_tasks_join_one_job(tmp_path):
             p.kill()
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
-    # gloo prints its own connection lines to stdout; the result is the last JSON line.
-    results = [json.loads([ln for ln in out.splitlines() if ln.startswith('{')][-1])
-               for out, _ in outs]
+    results = [json.loads((tmp_path / f'marker.result{i}').read_text()) for i in range(2)]
     assert [r['index'] for r in results] == [0, 1]
     for r in results:
         assert (r['source'], r['count'], r['devices']) == ('slurm', 2, 4)
