@@ -22,6 +22,7 @@ from jima_jax import atomic
 from jima_jax.data import sources
 from jima_jax.data.builders import base
 from jima_jax.data.types import NUM_OBSERVATIONS, PreparedSplit
+from jima_jax.train import validate
 
 PREDICT_SPLIT = 'predict'
 
@@ -55,12 +56,12 @@ def parse_studies(images: Sequence[str] = (), image_list: Optional[str] = None
     if not studies:
         raise ValueError('--mode predict needs --images path[,path] (one per study), '
                          '--image_list FILE, or --split NAME for a prepared split.')
-    seen: dict[str, str] = {}
+    seen: set[str] = set()
     for sid, _ in studies:
         if sid in seen:
             raise ValueError(f'study id {sid!r} appears twice; give the studies distinct ids '
                              '(JSON lines with an "id" field).')
-        seen[sid] = sid
+        seen.add(sid)
     return studies
 
 
@@ -97,11 +98,10 @@ def write_predictions(path: pathlib.Path, generated: dict, images: dict[str, lis
     lines = []
     for sid, text, tokens, lp in zip(generated['ids'], generated['reports'], generated['tokens'],
                                      generated['logprobs']):
-        n = int(np.sum(tokens != 0))
         row = {'id': sid, 'images': images.get(sid, []), 'report': text,
-               'mean_logprob': float(np.sum(lp[:n]) / max(n, 1))}
+               'mean_logprob': validate.mean_logprob(tokens, lp)}
         if with_token_logprobs:
-            row['token_logprobs'] = [round(float(x), 5) for x in lp[:n]]
+            row['token_logprobs'] = [round(float(x), 5) for x in lp[tokens != 0]]
         lines.append(json.dumps(row))
     return atomic.write_text(path, '\n'.join(lines) + '\n')
 
@@ -110,7 +110,7 @@ def predict(config, workdir: str, *, images: Sequence[str] = (), image_list: Opt
             split: Optional[str] = None, which: str = 'latest', output: Optional[str] = None,
             with_token_logprobs: bool = False) -> pathlib.Path:
     """Generates reports with a checkpoint of `workdir`; returns the predictions.jsonl path."""
-    from jima_jax.train import loop, validate
+    from jima_jax.train import loop
     if split and (images or image_list):
         raise ValueError('--mode predict: give either --split or image files, not both.')
     studies = None if split else parse_studies(images, image_list)

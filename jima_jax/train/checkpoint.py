@@ -1,9 +1,10 @@
 """Orbax checkpoints: train state, config, and an "extra" JSON (curriculum, data position).
 
-One `CheckpointManager` under `<workdir>/checkpoints` (or `train.checkpoint_dir`, gs:// too), saving asynchronously. Preserved: the last
-`train.keep_checkpoints` steps plus the best one by `train.best_metric` (only checkpoints saved
-with that metric compete). Orbax writes each step into a temporary directory and renames it when
-complete, so a crash mid-save never leaves a checkpoint that `restore` would pick up.
+One `CheckpointManager` under `<workdir>/checkpoints` (or `train.checkpoint_dir`, gs:// too),
+saving asynchronously. Preserved: the last `train.keep_checkpoints` steps plus the best one by
+`train.best_metric` (only checkpoints saved with that metric compete). Orbax writes each step
+into a temporary directory and renames it when complete, so a crash mid-save never leaves a
+checkpoint that `restore` would pick up.
 """
 
 from __future__ import annotations

@@ -79,14 +79,18 @@ def score_generated(s, split: PreparedSplit, generated: dict, *,
         with_meteor=with_meteor)
 
 
+def mean_logprob(tokens: np.ndarray, logprobs: np.ndarray) -> float:
+    """Mean log-prob over the generated tokens (PAD positions carry 0 and are not counted)."""
+    return float(np.sum(logprobs[tokens != 0]) / max(int(np.sum(tokens != 0)), 1))
+
+
 def write_predictions(path: pathlib.Path, split: PreparedSplit, generated: dict) -> None:
     """predictions.jsonl: id, generated report, reference, mean token log-prob."""
     lines = []
     for i, k, text, tokens, lp in zip(generated['ids'], generated['index'], generated['reports'],
                                       generated['tokens'], generated['logprobs']):
-        n = max(int(np.sum(tokens != 0)), 1)
         lines.append(json.dumps({'id': i, 'report': text, 'reference': str(split.reports[k]),
-                                 'mean_logprob': float(np.sum(lp) / n)}))
+                                 'mean_logprob': mean_logprob(tokens, lp)}))
     atomic.write_text(path, '\n'.join(lines) + '\n')
 
 
