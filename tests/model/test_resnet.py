@@ -123,6 +123,26 @@ def test_im2col_forward_and_gradients_equal_xla(k, stride):
                                    err_msg=name)
 
 
+@pytest.mark.parametrize('stride', [1, 2])
+def test_pointwise_conv_gradients_equal_autodiff_of_the_einsum(stride):
+    from jima_jax.model import layers
+    x, kernel = jnp.asarray(_random((2, 6, 7, 5), 5)), jnp.asarray(_random((1, 1, 5, 3), 6))
+    out_hw = (6 + stride - 1) // stride, (7 + stride - 1) // stride
+    cotangent = jnp.asarray(_random((2, *out_hw, 3), 7))
+
+    def einsum_conv(x_, k_):
+        return layers._einsum_pointwise_conv(x_[:, ::stride, ::stride, :], k_[0, 0])
+
+    y_ref, vjp_ref = jax.vjp(einsum_conv, x, kernel)
+    y, dx, dk = _conv_and_grads('xla', stride, x, kernel, cotangent)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-6)
+    for name, got, want in zip(('dx', 'dkernel'), (dx, dk), vjp_ref(cotangent)):
+        assert got.shape == want.shape, name
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=name)
+    if stride == 2:  # rows the strided convolution skips get no gradient
+        assert float(jnp.abs(dx[:, 1::2]).max()) == 0.0
+
+
 def test_unknown_conv_impl_is_refused():
     with pytest.raises(ValueError, match="model.conv_impl='cudnn'"):
         conv2d(jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 1)), 1, 'cudnn')
