@@ -153,6 +153,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args._child:
         from benchmarks import cases
+        from configs import default
+        from jima_jax.train import parallel
+        parallel.use_cpu_scheduler(default.get_config().parallel)  # as `jima_jax.main` does
         job = json.loads(args._child)
         for row in cases.CASES[job['case']](job):
             print(ROW_PREFIX + json.dumps(row), flush=True)

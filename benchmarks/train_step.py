@@ -48,6 +48,7 @@ def _run_case(name: str, steps: int, mode: str, conv_impl: str, dtype: str,
     cfg.model.conv_impl = conv_impl
     cfg.model.dtype = dtype
     cfg.model.remat_backbone = remat
+    parallel.use_cpu_scheduler(cfg.parallel)  # as `jima_jax.main` does, before JAX computes
     cfg.train.mode = mode
     cfg.data.max_len = spec['length']
     cfg.input.batch_size = spec['batch']

@@ -140,6 +140,9 @@ def get_config(arg=None):
     c.parallel.fsdp = 1  # size of the 'fsdp' mesh axis
     c.parallel.shard_params = False  # shard parameters and optimizer state over 'fsdp'
     c.parallel.min_shard_size = 2**14  # parameters smaller than this stay replicated
+    # XLA:CPU op order (set in XLA_FLAGS at start-up): memory (fewest live buffers; 5.7 vs 6.7 GB
+    # peak at the IU X-ray paper shape, same speed) | concurrency (XLA's default). No-op off CPU.
+    c.parallel.cpu_scheduler = 'memory'
 
     # ---------------------------------------------------------------- decoding (evaluation)
     c.decode = ml_collections.ConfigDict()

@@ -75,6 +75,11 @@ def main(argv):
         return
     if not _WORKDIR.value:
         raise app.UsageError(f'--workdir is required for --mode={_MODE.value}.')
+    from jima_jax.train import parallel
+    try:
+        parallel.use_cpu_scheduler(config.parallel)  # before JAX starts its backends
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
     _join_job()
     import jax
     from jima_jax.data import prepare

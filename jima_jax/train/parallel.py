@@ -9,6 +9,7 @@ dimension (ZeRO-3 style); XLA inserts the all-gathers and reduce-scatters.
 from __future__ import annotations
 
 import math
+import os
 
 import jax
 import numpy as np
@@ -70,6 +71,28 @@ def state_shardings(mesh: Mesh, tree, pcfg):
         return NamedSharding(mesh, _param_spec(tuple(shape), fsdp, int(pcfg.min_shard_size)))
 
     return jax.tree.map(leaf, tree)
+
+
+CPU_SCHEDULERS = ('memory', 'concurrency')
+_SCHEDULER_FLAG = '--xla_cpu_enable_concurrency_optimized_scheduler'
+
+
+def use_cpu_scheduler(pcfg) -> None:
+    """Chooses XLA:CPU's op order for this process through `XLA_FLAGS`.
+
+    'memory' keeps the fewest buffers alive instead of XLA:CPU's default concurrency-optimised
+    order: at the IU X-ray paper shape that cut the train step's temporaries from 4.3 to 3.4 GB
+    (peak host memory 6.7 -> 5.7 GB) at the same speed. XLA reads the flag once, when JAX starts
+    its CPU backend, so this must run before the first computation (`main` calls it right after
+    parsing the config); a per-compilation option does not reach this flag. A value the user
+    already put in XLA_FLAGS wins. Off CPU the flag does nothing.
+    """
+    choice = pcfg.get('cpu_scheduler', 'memory')
+    if choice not in CPU_SCHEDULERS:
+        raise ValueError(f'parallel.cpu_scheduler={choice!r}: expected one of {CPU_SCHEDULERS}.')
+    flags = os.environ.get('XLA_FLAGS', '')
+    if choice == 'memory' and _SCHEDULER_FLAG not in flags:
+        os.environ['XLA_FLAGS'] = f'{flags} {_SCHEDULER_FLAG}=false'.strip()
 
 
 def put_batch(batch: dict, sharding: NamedSharding) -> dict:

@@ -1,6 +1,7 @@
 """The fused train step: shapes, parameter-group isolation, composition, learning, donation."""
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -147,3 +148,73 @@ def test_unknown_mode_is_reported():
     c.train.mode = 'sometimes'
     with pytest.raises(ValueError, match='train.mode'):
         step_lib.build_train_step(modeldef, c, VOCAB)
+
+
+_SCHEDULE_PROBE = """
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+from jima_jax.train import losses, parallel, step as step_lib
+from tests.train import test_step as t
+c, modeldef, params, stats = t._setup.__wrapped__()
+c.parallel.cpu_scheduler = sys.argv[1]
+parallel.use_cpu_scheduler(c.parallel)
+mesh = parallel.make_mesh(c.parallel)
+state = step_lib.init_train_state(c, params, stats)
+sharding = parallel.state_shardings(mesh, state, c.parallel)
+step = step_lib.jit_train_step(step_lib.build_train_step(modeldef, c, t.VOCAB), mesh, sharding)
+args = (jax.device_put(state, sharding), t._batch(5, c), t._batch(6, c), jnp.int32(0),
+        losses.LossTables.uniform(t.VOCAB))
+compiled = step.lower(*args).compile()
+state, metrics = compiled(*args)
+leaves = [np.asarray(x).tobytes().hex() for x in jax.tree.leaves(jax.device_get(state.params))]
+import os
+print(json.dumps(dict(loss=float(metrics['loss/report']), params=hash(tuple(leaves)),
+                      flags=os.environ.get('XLA_FLAGS', ''))))
+"""
+
+
+def test_memory_scheduler_gives_the_same_step_bit_for_bit():
+    # Its memory saving shows at real shapes only (benchmarks/train_step.py: 6.7 -> 5.7 GB at
+    # the paper shape); here it must change nothing but the op order.
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+    root = pathlib.Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+    env['PYTHONHASHSEED'] = '0'
+    out = {}
+    for choice in ('memory', 'concurrency'):
+        proc = subprocess.run([sys.executable, '-c', _SCHEDULE_PROBE, choice], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        out[choice] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out['memory']['loss'] == out['concurrency']['loss']
+    assert out['memory']['params'] == out['concurrency']['params']
+    assert 'concurrency_optimized_scheduler=false' in out['memory']['flags']
+    assert out['concurrency']['flags'] == ''
+
+
+def test_cpu_scheduler_goes_into_xla_flags_unless_the_user_set_it(monkeypatch):
+    from jima_jax.train import parallel
+    c = _config()
+    monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+    parallel.use_cpu_scheduler(c.parallel)
+    assert os.environ['XLA_FLAGS'] == ('--xla_force_host_platform_device_count=8 '
+                                       '--xla_cpu_enable_concurrency_optimized_scheduler=false')
+    monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_enable_concurrency_optimized_scheduler=true')
+    parallel.use_cpu_scheduler(c.parallel)  # the user's own value wins
+    assert os.environ['XLA_FLAGS'] == '--xla_cpu_enable_concurrency_optimized_scheduler=true'
+    monkeypatch.delenv('XLA_FLAGS')
+    c.parallel.cpu_scheduler = 'concurrency'
+    parallel.use_cpu_scheduler(c.parallel)
+    assert 'XLA_FLAGS' not in os.environ
+
+
+def test_unknown_cpu_scheduler_names_the_field_and_the_choices():
+    from jima_jax.train import parallel
+    c = _config()
+    c.parallel.cpu_scheduler = 'fastest'
+    with pytest.raises(ValueError, match=r"parallel.cpu_scheduler='fastest'.*memory.*concurrency"):
+        parallel.use_cpu_scheduler(c.parallel)
