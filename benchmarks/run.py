@@ -155,7 +155,7 @@ def main(argv=None) -> int:
         from benchmarks import cases
         from configs import default
         from jima_jax.train import parallel
-        parallel.use_cpu_scheduler(default.get_config().parallel)  # as `jima_jax.main` does
+        parallel.configure_cpu_host(default.get_config().parallel)  # as `jima_jax.main` does
         job = json.loads(args._child)
         for row in cases.CASES[job['case']](job):
             print(ROW_PREFIX + json.dumps(row), flush=True)

@@ -33,7 +33,7 @@ RESULTS_DIR = pathlib.Path(__file__).parent / 'results'
 
 
 def _run_case(name: str, steps: int, mode: str, conv_impl: str, dtype: str,
-              remat: bool) -> dict:
+              remat: bool, cpu_malloc: str = 'reuse') -> dict:
     import jax
     import numpy as np
     from flax import nnx
@@ -48,7 +48,8 @@ def _run_case(name: str, steps: int, mode: str, conv_impl: str, dtype: str,
     cfg.model.conv_impl = conv_impl
     cfg.model.dtype = dtype
     cfg.model.remat_backbone = remat
-    parallel.use_cpu_scheduler(cfg.parallel)  # as `jima_jax.main` does, before JAX computes
+    cfg.parallel.cpu_malloc = cpu_malloc
+    parallel.configure_cpu_host(cfg.parallel)  # as `jima_jax.main` does, before JAX computes
     cfg.train.mode = mode
     cfg.data.max_len = spec['length']
     cfg.input.batch_size = spec['batch']
@@ -92,7 +93,7 @@ def _run_case(name: str, steps: int, mode: str, conv_impl: str, dtype: str,
     studies = spec['batch'] * (2 if mode == 'alternate' else 1)
     return dict(
         case=name, **spec, mode=mode, conv_impl=conv_impl, dtype=dtype, remat=remat,
-        xla_flags=os.environ.get('XLA_FLAGS', ''),
+        xla_flags=os.environ.get('XLA_FLAGS', ''), cpu_malloc=cpu_malloc,
         devices=jax.device_count(), platform=jax.devices()[0].platform,
         step_seconds=step_s, step_seconds_all=times, first_step_seconds=compile_and_first,
         examples_per_sec=studies / step_s, images_per_sec=studies * spec['views'] / step_s,
@@ -106,12 +107,13 @@ def _run_case(name: str, steps: int, mode: str, conv_impl: str, dtype: str,
 
 
 def _markdown(rows: list[dict]) -> str:
-    lines = ['| case | backbone | mode | remat | XLA_FLAGS | step (s) | examples/s | images/s | '
-             'peak host mem (GB) | vs PyTorch pair |', '|' + '---|' * 10]
+    lines = ['| case | backbone | mode | remat | XLA_FLAGS | cpu_malloc | step (s) | examples/s | '
+             'images/s | peak host mem (GB) | vs PyTorch pair |', '|' + '---|' * 11]
     for r in rows:
         speed = f'{r["speedup_vs_pytorch_pair"]:.2f}x' if r.get('speedup_vs_pytorch_pair') else '-'
         lines.append(f'| {r["case"]} | {r["backbone"]} | {r["mode"]} | {r.get("remat", False)} | '
-                     f'{r.get("xla_flags") or "-"} | {r["step_seconds"]:.2f} | '
+                     f'{r.get("xla_flags") or "-"} | {r.get("cpu_malloc", "system")} | '
+                     f'{r["step_seconds"]:.2f} | '
                      f'{r["examples_per_sec"]:.2f} | '
                      f'{r["images_per_sec"]:.2f} | {r["peak_host_mem_gb"]:.2f} | {speed} |')
     return '\n'.join(lines)
@@ -125,18 +127,21 @@ def main(argv=None) -> None:
     parser.add_argument('--conv_impl', default='auto', choices=['auto', 'xla', 'im2col'])
     parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
     parser.add_argument('--remat', action='store_true', help='recompute backbone activations')
+    parser.add_argument('--cpu_malloc', default='reuse', choices=['reuse', 'system'],
+                        help='parallel.cpu_malloc for the measured process')
     parser.add_argument('--out', default=str(RESULTS_DIR))
     parser.add_argument('--_child', default='', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._child:
         print(json.dumps(_run_case(args._child, args.steps, args.mode, args.conv_impl,
-                                   args.dtype, args.remat)))
+                                   args.dtype, args.remat, args.cpu_malloc)))
         return
     rows = []
     for name in args.cases.split(','):
         cmd = [sys.executable, '-m', 'benchmarks.train_step', '--_child', name,
                '--steps', str(args.steps), '--mode', args.mode, '--conv_impl', args.conv_impl,
-               '--dtype', args.dtype] + (['--remat'] if args.remat else [])
+               '--dtype', args.dtype, '--cpu_malloc', args.cpu_malloc] + (
+                   ['--remat'] if args.remat else [])
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
             sys.exit(f'case {name} failed:\n{proc.stderr[-3000:]}')

@@ -77,7 +77,7 @@ def main(argv):
         raise app.UsageError(f'--workdir is required for --mode={_MODE.value}.')
     from jima_jax.train import parallel
     try:
-        parallel.use_cpu_scheduler(config.parallel)  # before JAX starts its backends
+        parallel.configure_cpu_host(config.parallel)  # before JAX starts its backends
     except ValueError as e:
         raise app.UsageError(str(e)) from e
     _join_job()

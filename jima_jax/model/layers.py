@@ -191,6 +191,24 @@ class BatchNorm(nnx.Module):
         return (x * inv.astype(x.dtype) + shift.astype(x.dtype))
 
 
+def materialize(x: jax.Array) -> jax.Array:
+    """Returns `x` unchanged, as a buffer XLA:CPU reads instead of recomputing.
+
+    A ResNet stage is a chain of `relu(bn(conv(y)) + x)`. XLA:CPU fuses that cheap elementwise
+    chain into every consumer rather than reading the stored block output, so the fusion after
+    block k of a stage recomputed blocks 1..k from their convolution outputs (and the backward
+    did the same for the ReLU masks): with ResNet-101's 23-block stage 3 that quadratic
+    re-reading took the paper-shape step from 17.4 to 19.5 s on a 2-core CPU. An optimisation
+    barrier does not stop it (XLA:CPU lowers barriers to scheduling edges before fusing); a
+    conditional does, because fusion never crosses one. Both branches return `x`, whatever the
+    predicate (`+ 0.0` only turns a -0.0 into +0.0), and the cotangent takes the same path back.
+    GPU/TPU compilers are left to fuse as they see fit.
+    """
+    if jax.default_backend() != 'cpu':
+        return x
+    return lax.cond(x.reshape(-1)[0] >= 0, lambda v: v, lambda v: v + 0.0, x)
+
+
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
     """torchvision's stem pooling: 3x3, stride 2, padding 1 (padded with -inf)."""
     return lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1),

@@ -12,7 +12,7 @@ import numpy as np
 import jax.numpy as jnp
 from flax import nnx
 
-from jima_jax.model.layers import BatchNorm, Conv2d, max_pool_3x3_s2
+from jima_jax.model.layers import BatchNorm, Conv2d, materialize, max_pool_3x3_s2
 
 # name -> (block type, blocks per stage)
 ARCHITECTURES = {
@@ -54,7 +54,7 @@ class BasicBlock(nnx.Module):
         y = self.bn2(self.conv2(y), train, update_stats)
         if self.has_downsample:
             x = self.downsample_bn(self.downsample_conv(x), train, update_stats)
-        return jax.nn.relu(x + y)
+        return materialize(jax.nn.relu(x + y))
 
 
 class Bottleneck(nnx.Module):
@@ -81,7 +81,7 @@ class Bottleneck(nnx.Module):
         y = self.bn3(self.conv3(y), train, update_stats)
         if self.has_downsample:
             x = self.downsample_bn(self.downsample_conv(x), train, update_stats)
-        return jax.nn.relu(x + y)
+        return materialize(jax.nn.relu(x + y))
 
 
 class ResNet(nnx.Module):

@@ -143,6 +143,46 @@ def test_pointwise_conv_gradients_equal_autodiff_of_the_einsum(stride):
         assert float(jnp.abs(dx[:, 1::2]).max()) == 0.0
 
 
+def _stage_fusion_reads(monkeypatch, keep_block_outputs: bool) -> int:
+    """Most block-output-sized inputs any fused kernel reads, in a compiled 6-block stage."""
+    import re
+    from jima_jax.model import layers, resnet
+    if not keep_block_outputs:
+        monkeypatch.setattr(resnet, 'materialize', lambda x: x)
+    blocks = [resnet.Bottleneck(256, 64, 1, conv=lambda i, o, k, s: layers.Conv2d(
+        i, o, k, s, rngs=nnx.Rngs(n)), bn=layers.BatchNorm) for n in range(6)]
+
+    def stage(x):
+        for block in blocks:
+            x = block(x, True, False)
+        return x.sum()
+
+    x = jnp.asarray(_random((8, 16, 16, 256), 3))
+    hlo = jax.jit(jax.grad(stage)).lower(x).compile().as_text()
+    computations = re.findall(r'^%?[\w.\-]+ [^\n]*\{\n(.*?)\n\}', hlo, re.M | re.S)
+    sized = r'f32\[(?:8,16,16,256|2048,256)\]\S* parameter'
+    return max(len(re.findall(sized, c)) for c in computations[:-1])  # the last is the entry
+
+
+@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='the fix is for XLA:CPU fusion')
+def test_block_outputs_are_read_not_recomputed_by_later_blocks(monkeypatch):
+    # Without `materialize`, XLA:CPU fuses the whole residual chain into each block's kernels: the
+    # k-th reads all k earlier convolution outputs (quadratic in stage depth; ~1.5 s of the
+    # ResNet-101 paper-shape step). With it, no fused kernel reads more than a few.
+    assert _stage_fusion_reads(monkeypatch, keep_block_outputs=True) <= 3
+    assert _stage_fusion_reads(monkeypatch, keep_block_outputs=False) >= 6
+
+
+def test_materialize_is_the_identity_with_an_identity_gradient():
+    from jima_jax.model.layers import materialize
+    x = jnp.asarray(_random((2, 3, 3, 4), 8))
+    y, vjp = jax.vjp(materialize, x)
+    np.testing.assert_array_equal(y, x)
+    g = jnp.asarray(_random((2, 3, 3, 4), 9))
+    np.testing.assert_array_equal(vjp(g)[0], g)
+    np.testing.assert_array_equal(jax.jit(materialize)(-x), -x)  # the other branch, same value
+
+
 def test_unknown_conv_impl_is_refused():
     with pytest.raises(ValueError, match="model.conv_impl='cudnn'"):
         conv2d(jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 1)), 1, 'cudnn')

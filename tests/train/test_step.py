@@ -173,23 +173,28 @@ print(json.dumps(dict(loss=float(metrics['loss/report']), params=hash(tuple(leav
 """
 
 
-def test_memory_scheduler_gives_the_same_step_bit_for_bit():
-    # Its memory saving shows at real shapes only (benchmarks/train_step.py: 6.7 -> 5.7 GB at
-    # the paper shape); here it must change nothing but the op order.
+def _probe(script: str, choices, env: dict, timeout: int) -> dict:
+    """Runs `script` once per choice in a fresh Python (process-wide settings) -> its last line."""
     import json
-    import os
     import pathlib
     import subprocess
     import sys
     root = pathlib.Path(__file__).resolve().parents[2]
-    env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-    env['PYTHONHASHSEED'] = '0'
     out = {}
-    for choice in ('memory', 'concurrency'):
-        proc = subprocess.run([sys.executable, '-c', _SCHEDULE_PROBE, choice], cwd=root, env=env,
-                              capture_output=True, text=True, timeout=600)
+    for choice in choices:
+        proc = subprocess.run([sys.executable, '-c', script, choice], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=timeout)
         assert proc.returncode == 0, proc.stderr[-2000:]
         out[choice] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+def test_memory_scheduler_gives_the_same_step_bit_for_bit():
+    # Its memory saving shows at real shapes only (benchmarks/train_step.py: 6.7 -> 5.7 GB at
+    # the paper shape); here it must change nothing but the op order.
+    env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+    env['PYTHONHASHSEED'] = '0'
+    out = _probe(_SCHEDULE_PROBE, ('memory', 'concurrency'), env, timeout=600)
     assert out['memory']['loss'] == out['concurrency']['loss']
     assert out['memory']['params'] == out['concurrency']['params']
     assert 'concurrency_optimized_scheduler=false' in out['memory']['flags']
@@ -218,3 +223,54 @@ def test_unknown_cpu_scheduler_names_the_field_and_the_choices():
     c.parallel.cpu_scheduler = 'fastest'
     with pytest.raises(ValueError, match=r"parallel.cpu_scheduler='fastest'.*memory.*concurrency"):
         parallel.use_cpu_scheduler(c.parallel)
+
+
+_MALLOC_PROBE = """
+import json, resource, sys
+from configs import default
+from jima_jax.train import parallel
+c = default.get_config()
+c.parallel.cpu_malloc = sys.argv[1]
+applied = parallel.use_cpu_malloc(c.parallel)
+import jax, jax.numpy as jnp
+f = jax.jit(lambda a, b: (a @ b).max(axis=1))  # temporaries (the product) in every call
+a, b = jnp.ones((2048, 256)), jnp.ones((256, 32768))
+for _ in range(8):  # compile, and let the heap reach its working size (a few calls)
+    jax.block_until_ready(f(a, b))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(3):
+    jax.block_until_ready(f(a, b))
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+print(json.dumps(dict(applied=applied, faults=faults)))
+"""
+
+
+def _glibc() -> bool:
+    import ctypes
+    import sys
+    try:
+        return sys.platform.startswith('linux') and bool(ctypes.CDLL('libc.so.6').mallopt)
+    except (OSError, AttributeError):
+        return False
+
+
+@pytest.mark.skipif(not _glibc(), reason='parallel.cpu_malloc acts on glibc (Linux) only')
+def test_reusing_malloc_stops_the_per_call_page_faults():
+    # What 'reuse' is for: XLA:CPU's per-execution temporaries come back without fresh pages.
+    # With the system allocator every call faults them in again (8k faults of 4 KiB here).
+    env = {k: v for k, v in os.environ.items() if k not in ('JAX_PLATFORMS', 'GLIBC_TUNABLES')}
+    env['JAX_PLATFORMS'] = 'cpu'
+    out = _probe(_MALLOC_PROBE, ('reuse', 'system'), env, timeout=300)
+    assert out['reuse']['applied'] and not out['system']['applied']
+    assert out['system']['faults'] > 3 * 4_000
+    assert out['reuse']['faults'] < out['system']['faults'] / 10
+
+
+def test_cpu_malloc_leaves_accelerator_hosts_and_bad_values_alone(monkeypatch):
+    from jima_jax.train import parallel
+    c = _config()
+    monkeypatch.setenv('JAX_PLATFORMS', 'tpu,cpu')  # a TPU host keeps its allocator
+    assert parallel.use_cpu_malloc(c.parallel) is False
+    c.parallel.cpu_malloc = 'jemalloc'
+    with pytest.raises(ValueError, match=r"parallel.cpu_malloc='jemalloc'.*reuse.*system"):
+        parallel.use_cpu_malloc(c.parallel)
