@@ -116,7 +116,7 @@ def use_cpu_malloc(pcfg) -> bool:
     """Lets XLA:CPU reuse its freed buffers instead of getting fresh pages every step.
 
     XLA:CPU allocates one block for all of a program's temporaries on every execution (3.6 GB for
-    the paper-shape train step) and frees it afterwards. glibc serves such sizes with mmap and
+    ResNet-101 forward + backward on 32 images) and frees it afterwards. glibc serves such sizes with mmap and
     returns them with munmap, so every step page-faulted and zero-filled gigabytes again: ~1.2
     million page faults and 2.5 s of kernel time per ResNet-101 forward + backward on a 2-core
     CPU. 'reuse' tells glibc (mallopt) to keep one heap, never mmap and never trim it, so the
