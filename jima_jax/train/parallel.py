@@ -112,30 +112,37 @@ def _jax_runs_on_cpu() -> bool:
     return not any(importlib.util.find_spec(m) for m in _ACCELERATOR_MODULES)
 
 
+def glibc_mallopt():
+    """glibc's `mallopt` on Linux, else None (macOS, musl, ...)."""
+    if not sys.platform.startswith('linux'):
+        return None
+    try:
+        return ctypes.CDLL('libc.so.6').mallopt
+    except (OSError, AttributeError):
+        return None
+
+
 def use_cpu_malloc(pcfg) -> bool:
     """Lets XLA:CPU reuse its freed buffers instead of getting fresh pages every step.
 
     XLA:CPU allocates one block for all of a program's temporaries on every execution (3.6 GB for
-    ResNet-101 forward + backward on 32 images) and frees it afterwards. glibc serves such sizes with mmap and
-    returns them with munmap, so every step page-faulted and zero-filled gigabytes again: ~1.2
-    million page faults and 2.5 s of kernel time per ResNet-101 forward + backward on a 2-core
-    CPU. 'reuse' tells glibc (mallopt) to keep one heap, never mmap and never trim it, so the
-    block is reused as it is: faults drop to ~0 and that forward + backward from 13.3 to 11.2 s
-    (paper-shape train step: 17.4 -> 15.7 s). The price: the process keeps its peak memory until
-    it exits, and fragmentation can raise that peak (ResNet-18 step: 3.7 against 2.4 GB; the
-    paper step: 5.3 against 5.6 GB). Like `use_cpu_scheduler` this must run before JAX starts
-    (its worker threads pick their heap on their first allocation). Only on Linux with glibc, and
-    only when JAX will run on the CPU (a host feeding a GPU/TPU keeps its allocator). Returns
-    whether it was applied.
+    ResNet-101 forward + backward on 32 images) and frees it afterwards. glibc serves such sizes
+    with mmap and returns them with munmap, so every step page-faulted and zero-filled gigabytes
+    again: ~1.2 million page faults and 2.5 s of kernel time per ResNet-101 forward + backward
+    on a 2-core CPU. 'reuse' tells glibc (mallopt) to keep one heap, never mmap and never trim
+    it, so the block is reused as it is: faults drop to ~0 and that forward + backward from 13.3
+    to 11.2 s (paper-shape train step: 17.4 -> 15.7 s). The price: the process keeps its peak
+    memory until it exits, and fragmentation can raise that peak (ResNet-18 step: 3.7 against
+    2.4 GB; the paper step: 5.3 against 5.6 GB). Like `use_cpu_scheduler` this must run before
+    JAX starts (its worker threads pick their heap on their first allocation). Only on Linux with
+    glibc, and only when JAX will run on the CPU (a host feeding a GPU/TPU keeps its allocator).
+    Returns whether it was applied.
     """
     choice = pcfg.get('cpu_malloc', 'reuse')
     if choice not in CPU_MALLOC:
         raise ValueError(f'parallel.cpu_malloc={choice!r}: expected one of {CPU_MALLOC}.')
-    if choice != 'reuse' or not sys.platform.startswith('linux') or not _jax_runs_on_cpu():
-        return False
-    try:
-        mallopt = ctypes.CDLL('libc.so.6').mallopt
-    except (OSError, AttributeError):  # not glibc (e.g. musl)
+    mallopt = glibc_mallopt()
+    if choice != 'reuse' or mallopt is None or not _jax_runs_on_cpu():
         return False
     # A trim threshold of -1 is SIZE_MAX for glibc: freed memory is never given back.
     return all(mallopt(param, value) == 1 for param, value in

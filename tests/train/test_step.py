@@ -11,7 +11,7 @@ from flax import nnx
 
 from configs import smoke
 from jima_jax.model import jima
-from jima_jax.train import losses, step as step_lib
+from jima_jax.train import losses, parallel, step as step_lib
 from tests.helpers import random_batch
 
 VOCAB = 40
@@ -151,7 +151,7 @@ def test_unknown_mode_is_reported():
 
 
 _SCHEDULE_PROBE = """
-import json, sys
+import json, os, sys
 import jax, jax.numpy as jnp, numpy as np
 from jima_jax.train import losses, parallel, step as step_lib
 from tests.train import test_step as t
@@ -167,7 +167,6 @@ args = (jax.device_put(state, sharding), t._batch(5, c), t._batch(6, c), jnp.int
 compiled = step.lower(*args).compile()
 state, metrics = compiled(*args)
 leaves = [np.asarray(x).tobytes().hex() for x in jax.tree.leaves(jax.device_get(state.params))]
-import os
 print(json.dumps(dict(loss=float(metrics['loss/report']), params=hash(tuple(leaves)),
                       flags=os.environ.get('XLA_FLAGS', ''))))
 """
@@ -202,7 +201,6 @@ def test_memory_scheduler_gives_the_same_step_bit_for_bit():
 
 
 def test_cpu_scheduler_goes_into_xla_flags_unless_the_user_set_it(monkeypatch):
-    from jima_jax.train import parallel
     c = _config()
     monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
     parallel.use_cpu_scheduler(c.parallel)
@@ -218,7 +216,6 @@ def test_cpu_scheduler_goes_into_xla_flags_unless_the_user_set_it(monkeypatch):
 
 
 def test_unknown_cpu_scheduler_names_the_field_and_the_choices():
-    from jima_jax.train import parallel
     c = _config()
     c.parallel.cpu_scheduler = 'fastest'
     with pytest.raises(ValueError, match=r"parallel.cpu_scheduler='fastest'.*memory.*concurrency"):
@@ -245,16 +242,8 @@ print(json.dumps(dict(applied=applied, faults=faults)))
 """
 
 
-def _glibc() -> bool:
-    import ctypes
-    import sys
-    try:
-        return sys.platform.startswith('linux') and bool(ctypes.CDLL('libc.so.6').mallopt)
-    except (OSError, AttributeError):
-        return False
-
-
-@pytest.mark.skipif(not _glibc(), reason='parallel.cpu_malloc acts on glibc (Linux) only')
+@pytest.mark.skipif(parallel.glibc_mallopt() is None,
+                    reason='parallel.cpu_malloc acts on glibc (Linux) only')
 def test_reusing_malloc_stops_the_per_call_page_faults():
     # What 'reuse' is for: XLA:CPU's per-execution temporaries come back without fresh pages.
     # With the system allocator every call faults them in again (8k faults of 4 KiB here).
@@ -267,7 +256,6 @@ def test_reusing_malloc_stops_the_per_call_page_faults():
 
 
 def test_cpu_malloc_leaves_accelerator_hosts_and_bad_values_alone(monkeypatch):
-    from jima_jax.train import parallel
     c = _config()
     monkeypatch.setenv('JAX_PLATFORMS', 'tpu,cpu')  # a TPU host keeps its allocator
     assert parallel.use_cpu_malloc(c.parallel) is False
