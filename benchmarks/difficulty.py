@@ -96,14 +96,15 @@ def _release_style_rank_seconds(ent_logits: np.ndarray, rep_logits: np.ndarray,
     return time.perf_counter() - t0
 
 
-def run_case(name: str, num_batches: int, rounds: int) -> dict:
+def build_programs(spec: dict, count: int) -> types.SimpleNamespace:
+    """A case's model, `count` device-resident random batches (`_batches`, seed 0) and its two
+    jitted programs, 'forward' and 'scoring' (each: batch -> outputs, not waited for)."""
     import jax
     from flax import nnx
 
     from jima_jax.model import jima
     from jima_jax.train import difficulty, losses, parallel, step as step_lib
 
-    spec = CASES[name]
     c = _config(spec)
     model = jima.JIMA(c.model, vocab_size=spec['vocab'], num_views=spec['views'],
                       max_len=spec['length'] + 1, rngs=nnx.Rngs(0))
@@ -114,8 +115,6 @@ def run_case(name: str, num_batches: int, rounds: int) -> dict:
     params, stats = jax.device_put((params, stats), rep)
     shardings = types.SimpleNamespace(params=jax.tree.map(lambda _: rep, params),
                                       batch_stats=jax.tree.map(lambda _: rep, stats))
-    full = math.ceil(STUDIES / spec['batch'])
-    count = full if num_batches <= 0 else min(num_batches, full)
     batches = [parallel.put_batch(b, batch_sharding)
                for b in _batches(spec, count, np.random.default_rng(0))]
     tables = jax.device_put(losses.LossTables.uniform(spec['vocab']), rep)
@@ -126,6 +125,21 @@ def run_case(name: str, num_batches: int, rounds: int) -> dict:
         difficulty.build_score_step(modeldef, c.model, c.input), mesh, shardings)
     programs = {'forward': lambda b: eval_step(params, stats, b, tables),
                 'scoring': lambda b: score_step(params, stats, b)}
+    return types.SimpleNamespace(config=c, modeldef=modeldef, params=params, stats=stats,
+                                 batches=batches, programs=programs)
+
+
+def run_case(name: str, num_batches: int, rounds: int) -> dict:
+    import jax
+
+    from jima_jax.train import step as step_lib
+
+    spec = CASES[name]
+    full = math.ceil(STUDIES / spec['batch'])
+    count = full if num_batches <= 0 else min(num_batches, full)
+    built = build_programs(spec, count)
+    c, modeldef, params, stats = built.config, built.modeldef, built.params, built.stats
+    batches, programs = built.batches, built.programs
     compile_s = {}
     for key, fn in programs.items():
         t0 = time.perf_counter()

@@ -70,8 +70,22 @@ def get_config(arg=None):
     c.model.num_encoder_layers = 3
     c.model.num_decoder_layers = 3
     c.model.ffn_dim = 512
-    c.model.dropout = 0.1
+    c.model.dropout = 0.1  # Transformer dropout (spec section 3)
+    # Dropout after the fusion Linear + ReLU; < 0 = model.dropout. R2Gen and the release use 0.5
+    # (R2Gen's att_embed); the paper gives no value, so the IU X-ray / MIMIC presets take 0.5.
+    c.model.fusion_dropout = -1.0
+    c.model.entity_dropout = 0.1  # mlp entity head only: Dropout after each ReLU (release 0.1)
     c.model.dtype = 'float32'  # compute dtype: float32 | bfloat16 (parameters stay float32)
+
+    # ---------------------------------------------------------------- visual pre-training
+    # f_R + a linear head on the labels the labeler reads from the TRAINING reports (13 findings
+    # found + abnormal), before Algorithm 1 (jima_jax/train/pretrain.py); the backbone is written
+    # to <workdir>/pretrain/backbone.safetensors and loaded as model.pretrained. 0 = off (paper).
+    c.pretrain = ml_collections.ConfigDict()
+    c.pretrain.steps = 0
+    c.pretrain.batch_size = 32  # studies per step
+    c.pretrain.lr = 1e-3  # Adam
+    c.pretrain.log_every_steps = 50
 
     # ---------------------------------------------------------------- losses (spec section 4)
     c.loss = ml_collections.ConfigDict()
@@ -82,7 +96,7 @@ def get_config(arg=None):
     c.loss.example_strength = 1.0  # exponent on the inverse prevalence (0 = off, 1 = full)
     c.loss.entity_pos_weighting = 'none'  # none | inverse_frequency (BCE positive weights)
     c.loss.entity_pos_weight_max = 50.0  # cap on the BCE positive weight of rare entities
-    c.loss.entity_weight = 1.0  # weight of L1 in joint mode (release: 0.5)
+    c.loss.entity_weight = 1.0  # weight of L1: Task 1's loss, or in the joint sum (release: 0.5)
 
     # ---------------------------------------------------------------- optimizers
     # alpha: Task 1 (f_R visual extractor + f_E entity extractor); beta: Task 2 (fusion + f_T).
@@ -125,7 +139,9 @@ def get_config(arg=None):
     # jima: hardest first, a ratio per task (paper); jima_release: easiest first, one shared ratio,
     # s = val BLEU-4 (authors' code); competence_*: easy-to-hard baselines; anti: hard-to-easy.
     c.curriculum.schedule = 'none'  # none | jima | jima_release | competence_sqrt | competence_linear | anti
-    c.curriculum.warmup_epochs = 30  # epochs on everything first; scoring starts in the last two
+    # Epochs on everything first; s_0, s_1 are scored in the last two (jima_release: in the two
+    # after them, so a warm-up of 10 selects from epoch 12, as the authors' code does).
+    c.curriculum.warmup_epochs = 30
     c.curriculum.floor = 0.1  # the kept ratio never drops below this (competence: starting ratio)
     c.curriculum.k2_mode = 'all'  # all | balanced (entity / non-entity mean of means)
     # s_t: auto (jima: difficulty; jima_release: val/BLEU_4) | difficulty (1 - mean k over the
@@ -174,10 +190,14 @@ def use_cpu_minutes_model(c) -> None:
 
 def use_release_recipe(c, *, decay_rate: float, decay_every_epochs: int) -> None:
     """Spec section 8, what the authors' public code does (shared by the `:release` presets):
-    MLP entity head, entity loss x0.5, AMSGrad + weight decay, value clipping, per-group learning
-    rates, the easiest-first shared-ratio curriculum driven by validation BLEU-4 (warm-up 10,
-    floor 0.1), best checkpoint by BLEU-4. Only the learning-rate decay differs per dataset."""
+    MLP entity head with dropout 0.1, fusion dropout 0.5, entity loss x0.5 (both train modes),
+    AMSGrad + weight decay, value clipping, per-group learning rates, the easiest-first
+    shared-ratio curriculum driven by validation BLEU-4 (warm-up 10, first scored at epoch 10,
+    selecting from epoch 12; floor 0.1), best checkpoint by BLEU-4. Only the learning-rate decay
+    differs per dataset."""
     c.model.entity_head = 'mlp'
+    c.model.entity_dropout = 0.1
+    c.model.fusion_dropout = 0.5
     c.loss.entity_weight = 0.5
     for o in (c.optim.task1, c.optim.task2):
         o.lr = 1e-4

@@ -26,6 +26,7 @@ def get_config(arg=None):
     c.input.batch_size = 16
     c.input.flip = True  # R2Gen's RandomHorizontalFlip, for parity with published numbers
     c.model.backbone = 'resnet101'
+    c.model.fusion_dropout = 0.5  # R2Gen's and the release's; the paper gives none
     c.train.num_epochs = 100
     c.decode.beam_size = 3
     c.decode.max_len = 60

@@ -25,6 +25,7 @@ def get_config(arg=None):
     c.input.batch_size = 16
     c.input.flip = True
     c.model.backbone = 'resnet101'
+    c.model.fusion_dropout = 0.5  # R2Gen's and the release's; the paper gives none
     c.train.num_epochs = 60
     c.curriculum.schedule = 'jima'
     c.curriculum.warmup_epochs = 10  # 10 regular + 50 curriculum epochs

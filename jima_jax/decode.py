@@ -7,14 +7,19 @@ through `step_fn(tokens [N], cache) -> (logits [N, V], cache)`.
 Scoring conventions (shared by both searches, so beam size 1 equals greedy):
   * log-probabilities are `log_softmax` over the full vocabulary; PAD and BOS are then masked to
     -inf (never generated) without renormalising, and so are trigram-blocked tokens;
-  * a hypothesis is finished once it emits EOS; it then only grows by PAD at zero cost and the
-    model's outputs for it are ignored;
-  * during the search hypotheses are ranked by their raw sum of log-probabilities (finished ones
-    compete with the rest, as in R2Gen's beam search); the returned hypothesis is the one of
-    the final beam with the best length-penalised score
+  * a hypothesis is scored by its length-penalised sum of log-probabilities
         score = sum(log p) / length ** length_penalty,
     where `length` counts generated tokens, EOS included (PAD and BOS excluded);
-    `length_penalty=0` is the raw sum.
+    `length_penalty=0` is the raw sum;
+  * beam search follows R2Gen's procedure: at each position the `beam_size` best one-token
+    extensions of the live hypotheses (ranked by raw sum) are taken; those that end in EOS leave
+    the beam at once for a per-study store that keeps the best finished one by score, so they hold
+    no slot at the next position, which again takes the `beam_size` best extensions of the rest.
+    At `max_len` the live hypotheses finish as they are (truncated) and compete with the store;
+    the result is the best of all. With one hypothesis this is greedy: it stops at its first EOS;
+  * the search stops early once no live hypothesis of any study can still beat its study's best
+    finished one (log-probabilities are <= 0, so a raw sum only falls as a hypothesis grows);
+    the result is the same as running to `max_len`.
 """
 
 from __future__ import annotations
@@ -105,20 +110,17 @@ def _trigram_ban(tokens: jax.Array, t: jax.Array, vocab_size: int) -> jax.Array:
     return jax.vmap(ban_row)(follow, match.reshape(-1, length - 2)).reshape(lead + (vocab_size,))
 
 
-def _next_log_probs(logits, tokens, finished, t, *, vocab_size, bos_id, pad_id,
-                    block_trigrams):
-    """Masked log-probabilities of the next token, [..., V]; finished rows allow only PAD (0)."""
+def _next_log_probs(logits, tokens, t, *, vocab_size, bos_id, pad_id, block_trigrams):
+    """Masked log-probabilities of the next token, [..., V]."""
     logp = _log_probs(logits, vocab_size)
     vocab = jnp.arange(vocab_size)
     banned = (vocab == pad_id) | (vocab == bos_id)
     if block_trigrams:
         banned = banned | _trigram_ban(tokens, t, vocab_size)
-    logp = jnp.where(banned, -jnp.inf, logp)
-    pad_only = jnp.where(vocab == pad_id, 0.0, -jnp.inf)
-    return jnp.where(finished[..., None], pad_only, logp)
+    return jnp.where(banned, -jnp.inf, logp)
 
 
-def _penalised(scores: jax.Array, lengths: jax.Array, length_penalty: float) -> jax.Array:
+def _penalised(scores: jax.Array, lengths, length_penalty: float) -> jax.Array:
     if length_penalty == 0.0:
         return scores
     return scores / jnp.maximum(lengths, 1).astype(jnp.float32) ** length_penalty
@@ -138,12 +140,14 @@ def greedy_search(step_fn: StepFn, init_cache, batch_size: int, *, max_len: int,
     b = batch_size
     _check_rows(init_cache, b, 'greedy_search')
     positions = jnp.arange(max_len)
+    pad_only = jnp.where(jnp.arange(vocab_size) == pad_id, 0.0, -jnp.inf)
 
     def body(s):
         t, tokens, logprobs, score, finished, lengths, last, cache = s
         logits, cache = step_fn(last, cache)
-        logp = _next_log_probs(logits, tokens, finished, t, vocab_size=vocab_size,
-                               bos_id=bos_id, pad_id=pad_id, block_trigrams=block_trigrams)
+        logp = _next_log_probs(logits, tokens, t, vocab_size=vocab_size, bos_id=bos_id,
+                               pad_id=pad_id, block_trigrams=block_trigrams)
+        logp = jnp.where(finished[:, None], pad_only, logp)  # finished rows only grow by PAD
         token = jnp.argmax(logp, axis=-1).astype(jnp.int32)
         lp = jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
         here = positions == t
@@ -169,16 +173,16 @@ def beam_search(step_fn: StepFn, init_cache, batch_size: int, *, beam_size: int,
                 bos_id: int = BOS_ID, eos_id: int = EOS_ID, pad_id: int = PAD_ID,
                 length_penalty: float = 0.0, block_trigrams: bool = False,
                 vocab_size: int) -> dict:
-    """Beam search with `beam_size` hypotheses per study.
+    """Beam search with `beam_size` live hypotheses per study (R2Gen's procedure, see the module
+    docstring): finished hypotheses are set aside, so finishing never loses one.
 
     `step_fn` sees N = batch_size * beam_size rows, study-major (row = study * beam_size + beam).
     Non-scalar `init_cache` leaves have either one row per study (repeated to the beams here,
     the cheap way to build a cache) or N rows already.
     After each step every non-scalar cache leaf is reordered to follow its surviving beams
-    (within a study, so a batch-sharded cache stays sharded). Stops early once every hypothesis
-    of every study has finished. Returns the best hypothesis per study: tokens [B, max_len]
-    int32 (no BOS, EOS when produced, PAD after), scores [B] (length-penalised) and logprobs
-    [B, max_len] (per-token, 0 after EOS).
+    (within a study, so a batch-sharded cache stays sharded). Returns the best hypothesis per
+    study: tokens [B, max_len] int32 (no BOS, EOS when produced, PAD after), scores [B]
+    (length-penalised) and logprobs [B, max_len] (per-token, 0 after EOS).
     """
     _check_tokens(max_len=max_len, vocab_size=vocab_size, bos_id=bos_id, eos_id=eos_id,
                   pad_id=pad_id)
@@ -186,12 +190,23 @@ def beam_search(step_fn: StepFn, init_cache, batch_size: int, *, beam_size: int,
         raise ValueError(f'decode.beam_size={beam_size} must be >= 1.')
     b, k, v = batch_size, beam_size, vocab_size
     n = b * k
+    alpha = float(length_penalty)
     cache = _expand_to_beams(init_cache, b, k)
     positions = jnp.arange(max_len)
     pick = jax.vmap(lambda x, i: x[i])  # per-study gather of beams: [B, K, ...] by [B, K]
 
-    def reorder(tree, parent):
-        return jax.tree.map(lambda x: pick(x, parent), tree)
+    def take(x, j):  # [B, K, ...] by [B] -> [B, ...]
+        return jnp.take_along_axis(x, j.reshape((b, 1) + (1,) * (x.ndim - 2)), axis=1)[:, 0]
+
+    def keep_better(best, scores, tokens, logprobs):
+        """Folds the best of `scores` [B, K] (-inf = not a candidate) into the finished store;
+        an equal score keeps the earlier hypothesis."""
+        j = jnp.argmax(scores, axis=1)
+        score = take(scores, j)
+        better = score > best[0]
+        return (jnp.where(better, score, best[0]),
+                jnp.where(better[:, None], take(tokens, j), best[1]),
+                jnp.where(better[:, None], take(logprobs, j), best[2]))
 
     def reorder_cache(cache, parent):
         cache = _check_rows(cache, n, 'beam_search step_fn output')
@@ -200,43 +215,45 @@ def beam_search(step_fn: StepFn, init_cache, batch_size: int, *, beam_size: int,
             cache, 'beam_search')
 
     def body(s):
-        t, tokens, logprobs, scores, finished, lengths, last, cache = s
+        t, tokens, logprobs, scores, last, cache, best = s
         logits, cache = step_fn(last.reshape(n), cache)
-        logp = _next_log_probs(logits.reshape(b, k, -1), tokens, finished, t, vocab_size=v,
+        logp = _next_log_probs(logits.reshape(b, k, -1), tokens, t, vocab_size=v,
                                bos_id=bos_id, pad_id=pad_id, block_trigrams=block_trigrams)
         flat_logp = logp.reshape(b, k * v)
         top, index = jax.lax.top_k((scores[..., None] + logp).reshape(b, k * v), k)
         parent, token = index // v, (index % v).astype(jnp.int32)
-        tokens, logprobs, finished, lengths = reorder(
-            (tokens, logprobs, finished, lengths), parent)
-        dead = top == -jnp.inf  # fewer valid candidates than beams (first steps, blocking)
-        token = jnp.where(dead, pad_id, token)
-        lp = jnp.where(dead, 0.0, jnp.take_along_axis(flat_logp, index, axis=-1))
+        valid = top > -jnp.inf  # fewer valid candidates than beams (first steps, blocking)
+        token = jnp.where(valid, token, pad_id)
+        lp = jnp.where(valid, jnp.take_along_axis(flat_logp, index, axis=-1), 0.0)
         here = positions == t
-        tokens = jnp.where(here, token[..., None], tokens)
-        logprobs = jnp.where(here, lp[..., None], logprobs)
-        lengths = lengths + (~finished).astype(jnp.int32)
-        finished = finished | dead | (token == eos_id)
-        return (t + 1, tokens, logprobs, top, finished, lengths, token,
-                reorder_cache(cache, parent))
+        tokens = jnp.where(here, token[..., None], pick(tokens, parent))
+        logprobs = jnp.where(here, lp[..., None], pick(logprobs, parent))
+        ended = valid & (token == eos_id)
+        best = keep_better(best, jnp.where(ended, _penalised(top, t + 1, alpha), -jnp.inf),
+                           tokens, logprobs)
+        scores = jnp.where(ended, -jnp.inf, top)  # ended hypotheses leave the beam
+        return t + 1, tokens, logprobs, scores, token, reorder_cache(cache, parent), best
 
     def cond(s):
-        return (s[0] < max_len) & ~jnp.all(s[4])
+        t, scores, best_score = s[0], s[3], s[6][0]
+        # Live hypotheses have t tokens and raw sums that only fall: the best score any of them
+        # can still reach is its raw sum at the most favourable final length in (t, max_len].
+        raw = jnp.max(scores, axis=1)
+        reach = jnp.maximum(_penalised(raw, t + 1, alpha), _penalised(raw, max_len, alpha))
+        return (t < max_len) & ~jnp.all(best_score > reach)
 
     # Only the first beam of each study is live at the start (all beams would be identical).
     first = jnp.where(jnp.arange(k) == 0, 0.0, -jnp.inf).astype(jnp.float32)
+    best = (jnp.full((b,), -jnp.inf, jnp.float32), jnp.full((b, max_len), pad_id, jnp.int32),
+            jnp.zeros((b, max_len), jnp.float32))
     init = (jnp.zeros((), jnp.int32), jnp.full((b, k, max_len), pad_id, jnp.int32),
             jnp.zeros((b, k, max_len), jnp.float32), jnp.broadcast_to(first, (b, k)),
-            jnp.zeros((b, k), bool), jnp.zeros((b, k), jnp.int32),
-            jnp.full((b, k), bos_id, jnp.int32), cache)
-    _, tokens, logprobs, scores, _, lengths, _, _ = jax.lax.while_loop(cond, body, init)
-    final = _penalised(scores, lengths, length_penalty)
-    best = jnp.argmax(final, axis=1)
-
-    def take(x):
-        return jnp.take_along_axis(x, best.reshape((b, 1) + (1,) * (x.ndim - 2)), axis=1)[:, 0]
-
-    return {'tokens': take(tokens), 'scores': take(final), 'logprobs': take(logprobs)}
+            jnp.full((b, k), bos_id, jnp.int32), cache, best)
+    t, tokens, logprobs, scores, _, _, best = jax.lax.while_loop(cond, body, init)
+    # Hypotheses still live at max_len finish there, truncated (none can win after an early stop).
+    truncated = jnp.where(t == max_len, _penalised(scores, max_len, alpha), -jnp.inf)
+    score, tokens, logprobs = keep_better(best, truncated, tokens, logprobs)
+    return {'tokens': tokens, 'scores': score, 'logprobs': logprobs}
 
 
 def make_generate_fn(modeldef, config: ml_collections.ConfigDict, vocab_size: int) -> Callable:

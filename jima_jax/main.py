@@ -8,9 +8,18 @@ r"""Command line: prepare data, train, evaluate.
 
 Several processes (see docs/scaling.md, launch/): every process runs the same command plus
   --coordinator_address=host:port --num_processes=N --process_id=i   (or SLURM / --distributed=tpu)
+
+An error the user can fix (a bad flag or config value, a missing file, a damaged checkpoint, a
+full disk) ends in one paragraph on stderr, `error: ...`, and exit status 2; --verbose adds the
+traceback. docs/reliability.md lists the faults and what each one does.
 """
 
+import errno
 import os
+import signal
+import sys
+import traceback
+from typing import Optional
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -19,7 +28,7 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (see configs/).',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, logs, results.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['prepare', 'train', 'eval', 'predict'],
+_MODE = flags.DEFINE_enum('mode', 'train', ['prepare', 'pretrain', 'train', 'eval', 'predict'],
                           'What to do.')
 _SPLIT = flags.DEFINE_string('split', None, 'eval: the split to score (default test); predict: '
                              'generate for a prepared split instead of image files.')
@@ -47,6 +56,8 @@ _LOCAL_DEVICE_IDS = flags.DEFINE_list('local_device_ids', None,
                                       'Accelerators this process drives (default: all visible).')
 _NUM_CPU_DEVICES = flags.DEFINE_integer('num_cpu_devices', 0,
                                         'Simulated CPU devices per process (0 = JAX default).')
+_VERBOSE = flags.DEFINE_bool('verbose', False, 'On an error, print the full traceback too, not '
+                             'only the one-paragraph message.')
 flags.mark_flags_as_required(['config'])
 
 
@@ -64,10 +75,22 @@ def _join_job() -> None:
 
 
 def main(argv):
+    """`_run`, with every error a user can cause turned into one paragraph and exit status 2."""
+    try:
+        _run(argv)
+    except Exception as e:  # noqa: BLE001 - sorted into user errors and bugs right here
+        message = user_error(e)
+        if message is None:
+            raise  # a bug: the full traceback, as Python prints it
+        _fail(message, verbose=_VERBOSE.value)
+
+
+def _run(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax/tfds chatter; progress is printed
     config = _CONFIG.value
+    check_config_values(config)
     if _MODE.value == 'prepare':
         from jima_jax.data import prepare
         path = prepare.prepare_dataset(config.data, download=_DOWNLOAD.value, force=_FORCE.value)
@@ -86,11 +109,15 @@ def main(argv):
     from jima_jax.train import distributed, loop
     distributed.process_zero_first(lambda: prepare.prepare_dataset(config.data), 'prepare')
     main_process = jax.process_index() == 0
-    if _MODE.value == 'train':
+    if _MODE.value == 'pretrain':
+        from jima_jax.train import pretrain
+        pretrain.pretrain(config, _WORKDIR.value)
+    elif _MODE.value == 'train':
         result = loop.train_and_evaluate(config, _WORKDIR.value)
         if main_process:
             print(loop.format_results(result))
     elif _MODE.value == 'predict':
+        _stop_on_sigterm('prediction')
         from jima_jax import predict
         try:
             out = predict.predict(config, _WORKDIR.value, images=_IMAGES.value,
@@ -102,6 +129,7 @@ def main(argv):
         if main_process:
             print(f'written to {out}')
     else:
+        _stop_on_sigterm('evaluation')
         from jima_jax.evaluation import report
         split = _SPLIT.value or 'test'
         result = loop.evaluate(config, _WORKDIR.value, split, _CHECKPOINT.value)
@@ -109,8 +137,121 @@ def main(argv):
         if main_process:
             print(report.format_results(result, dataset))
             print(f'written to {_WORKDIR.value}/eval/{split}/')
+            print(report.reads_images_line(result))  # last: what a new user should see
+
+
+# Config keys checked before anything starts: (lowest, highest or None, what is expected).
+_RANGES = {
+    'data.num_views': (1, None, 'a positive integer'),
+    'data.image_size': (1, None, 'a positive integer'),
+    'data.max_len': (1, None, 'a positive integer'),
+    'data.max_entities': (1, None, 'a positive integer'),
+    'input.batch_size': (1, None, 'a positive integer'),
+    'input.eval_batch_size': (1, None, 'a positive integer'),
+    'input.image_size': (1, None, 'a positive integer'),
+    'model.dropout': (0.0, 0.999, 'a rate in [0, 1)'),
+    'optim.task1.lr': (0.0, None, 'a learning rate >= 0'),
+    'optim.task2.lr': (0.0, None, 'a learning rate >= 0'),
+    'train.num_epochs': (1, None, 'a positive integer'),
+    'train.max_steps': (0, None, 'an integer >= 0 (0 = no limit)'),
+    'train.steps_per_epoch': (0, None, 'an integer >= 0 (0 = a full pass)'),
+    'train.log_every_steps': (1, None, 'a positive integer'),
+    'train.checkpoint_every_steps': (0, None, 'an integer >= 0 (0 = every epoch only)'),
+    'train.keep_checkpoints': (1, None, 'a positive integer'),
+    'decode.beam_size': (1, None, 'a positive integer'),
+    'decode.max_len': (1, None, 'a positive integer'),
+}
+
+
+def check_config_values(config) -> None:
+    """Numbers outside their range fail here, naming the key, instead of deep inside a run."""
+    for key, (low, high, expected) in _RANGES.items():
+        node, *path = key.split('.')
+        value = config.get(node)
+        for part in path:
+            value = value.get(part) if value is not None and hasattr(value, 'get') else None
+        if value is None:
+            continue  # a config without this key
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f'config {key}={value!r}: expected {expected}. Fix the config file '
+                             f'or pass --config.{key}=...')
+        if value < low or (high is not None and value > high):
+            raise ValueError(f'config {key}={value!r} is out of range: expected {expected}. Fix '
+                             f'the config file or pass --config.{key}=...')
+
+
+def user_error(e: BaseException) -> Optional[str]:
+    """The one-paragraph message for an error a user can fix, or None for a bug."""
+    if isinstance(e, app.UsageError):
+        return str(e)
+    text = str(e)
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) or (
+            'No space left on device' in text):
+        where = getattr(e, 'filename', None) or 'a file'
+        return (f'the disk is full (writing {where}). Free space, or point --workdir, '
+                'train.checkpoint_dir or JIMA_DATA_DIR at another disk, and rerun the same '
+                'command: files already written are whole, and training resumes from its last '
+                'checkpoint.')
+    if isinstance(e, PermissionError):
+        return f'{e.filename or text}: permission denied; check the path or its permissions.'
+    if isinstance(e, (ValueError, FileNotFoundError)):
+        return text
+    if isinstance(e, OSError) and 'Failed loading config file' in text:  # no such --config
+        return (f'--config: cannot load the config file ({text.strip().splitlines()[-1].strip()}); '
+                'pass one of configs/*.py, e.g. --config configs/demo.py.')
+    return None
+
+
+def _fail(message: str, *, verbose: bool) -> None:
+    if verbose:
+        traceback.print_exc()
+    hint = '' if verbose else ' (--verbose shows the traceback)'
+    print(f'error: {" ".join(message.split())}{hint}', file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def _parse_flags(argv):
+    """absl's flag parsing, with a bad flag or config override reported like any user error."""
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        _fail(_flag_error_message(e, argv), verbose='--verbose' in argv)
+
+
+def _flag_error_message(e: BaseException, argv) -> str:
+    """The last line of a config file's own error, or ml_collections' "did you mean" for a key."""
+    while isinstance(e, (AttributeError, KeyError)) and e.args and isinstance(
+            e.args[0], BaseException):
+        e = e.args[0]
+    text = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return f'bad command line: {type(e).__name__}'
+    if isinstance(e, (AttributeError, KeyError)):  # a config override naming no key
+        name = lines[0].strip('\'"')
+        given = [a.split('=')[0] for a in argv if a.startswith('--config.')
+                 and a.split('=')[0].split('.')[-1] == name]
+        return (f'{given[0] if given else "--config.*"}: no config key {name!r}. '
+                f'{" ".join(lines[1:])} configs/default.py lists every key.').replace('  ', ' ')
+    if 'Traceback' in text:  # an exception inside the config file: keep its last line
+        lines = [lines[0].split(': Error whilst')[0] + ':', lines[-1]]
+    return ' '.join(lines)
+
+
+def _stop_on_sigterm(what: str) -> None:
+    """SIGTERM during eval/predict exits at once, through Python, so the temporary file of a write
+    in progress is removed (atomic.write_with) and every file left is whole."""
+    def handler(signum, frame):
+        del frame
+        print(f'SIGTERM: {what} stopped; files it already wrote are whole, none is half-written. '
+              'Rerun the same command to do it again.', file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        pass
 
 
 if __name__ == '__main__':
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

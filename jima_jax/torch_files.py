@@ -20,6 +20,8 @@ from typing import Any, Callable
 import ml_dtypes
 import numpy as np
 
+from jima_jax import atomic
+
 _STORAGE_DTYPES = {
     'FloatStorage': np.float32, 'DoubleStorage': np.float64, 'HalfStorage': np.float16,
     'BFloat16Storage': ml_dtypes.bfloat16, 'LongStorage': np.int64, 'IntStorage': np.int32,
@@ -200,6 +202,28 @@ def read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
                 'or corrupt.')
         out[name] = np.frombuffer(body[begin:end], dtype=dtype).reshape(info['shape']).copy()
     return out
+
+
+def write_safetensors(path: str | pathlib.Path, tensors: dict[str, np.ndarray],
+                      metadata: dict[str, str] | None = None) -> pathlib.Path:
+    """Writes {name: array} as a .safetensors file (atomically), readable by `read_safetensors`,
+    the `safetensors` package and PyTorch tools."""
+    codes = {np.dtype(v): k for k, v in _SAFETENSORS_DTYPES.items()}
+    header: dict = {'__metadata__': dict(metadata)} if metadata else {}
+    chunks, offset = [], 0
+    for name in sorted(tensors):
+        value = np.ascontiguousarray(tensors[name])
+        if value.dtype not in codes:
+            raise WeightFileError(f'{path}: tensor {name} has dtype {value.dtype}, which '
+                                  '.safetensors does not store.')
+        data = value.tobytes()
+        header[name] = {'dtype': codes[value.dtype], 'shape': list(value.shape),
+                        'data_offsets': [offset, offset + len(data)]}
+        chunks.append(data)
+        offset += len(data)
+    head = json.dumps(header, separators=(',', ':')).encode()
+    head += b' ' * (-len(head) % 8)  # the format aligns the data to 8 bytes
+    return atomic.write_bytes(path, struct.pack('<Q', len(head)) + head + b''.join(chunks))
 
 
 def _find_state_dict(obj: Any, path: pathlib.Path) -> dict[str, np.ndarray]:

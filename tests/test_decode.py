@@ -164,6 +164,111 @@ def test_cache_given_per_beam_equals_per_study():
     np.testing.assert_array_equal(a['scores'], b['scores'])
 
 
+# --------------------------------------------- plain-Python reference on random toy models
+# Each study is its own random language model: logits = table[study, hash of the whole prefix].
+V_REF, M_REF, L_REF, N_REF = 8, 1031, 10, 50
+
+
+def hash_table(seed=8):
+    """N_REF random models; per-study EOS offsets make some end early and some never."""
+    rng = np.random.default_rng(seed)
+    table = 2 * rng.normal(size=(N_REF, M_REF, V_REF))
+    table[..., EOS] += rng.uniform(-6.0, 2.0, size=(N_REF, 1))
+    return table.astype(np.float32)
+
+
+def hash_step(table):
+    t = jnp.asarray(table)
+
+    def step(tokens, cache):
+        h = (cache['h'] * V_REF + tokens) % M_REF
+        return t[cache['study'], h], {**cache, 'h': h}
+
+    return step
+
+
+def hash_logits(table, study, seq):
+    h = 0
+    for tok in [BOS] + seq:
+        h = (h * V_REF + tok) % M_REF
+    return table[study, h]
+
+
+def reference_beam(table, study, k, alpha, block):
+    """R2Gen's beam search, written plainly: each position takes the k best extensions of the
+    live hypotheses (raw sums, ties to the lower beam then token, as lax.top_k); those ending in
+    EOS are set aside, the rest stay live; at L_REF the live ones finish truncated.
+    Returns (score, tokens, logprobs) of the best finished hypothesis."""
+    def pen(raw, length):
+        return raw / length ** alpha
+
+    live, best = [(0.0, [], [])], (-np.inf, None, None)
+    for t in range(L_REF):
+        cands = []
+        for i, (raw, seq, lps) in enumerate(live):
+            lp = log_softmax(hash_logits(table, study, seq))
+            lp[[PAD, BOS]] = -np.inf
+            for tok in range(V_REF):
+                if lp[tok] > -np.inf and not (block and repeats_trigram(seq, tok)):
+                    cands.append((raw + lp[tok], i * V_REF + tok, seq + [tok], lps + [lp[tok]]))
+        cands.sort(key=lambda c: (-c[0], c[1]))
+        live = []
+        for raw, _, seq, lps in cands[:k]:
+            if seq[-1] == EOS:
+                if pen(raw, t + 1) > best[0]:
+                    best = (pen(raw, t + 1), seq, lps)
+            else:
+                live.append((raw, seq, lps))
+        if not live:
+            break
+    for raw, seq, lps in live:  # reached L_REF
+        if pen(raw, L_REF) > best[0]:
+            best = (pen(raw, L_REF), seq, lps)
+    return best
+
+
+@pytest.mark.parametrize('beam,alpha,block', [(1, 0.5, True), (2, 0.0, False), (3, 0.0, True),
+                                              (3, 0.7, False), (4, 1.0, True)])
+def test_beam_equals_plain_reference_on_random_models(beam, alpha, block):
+    table = hash_table()
+    cache = {'h': jnp.zeros(N_REF, jnp.int32), 'study': jnp.arange(N_REF)}
+    out = run_beam(hash_step(table), cache, N_REF, beam, max_len=L_REF, length_penalty=alpha,
+                   block_trigrams=block, vocab_size=V_REF)
+    ended = 0
+    for s in range(N_REF):
+        score, seq, lps = reference_beam(table, s, beam, alpha, block)
+        n = len(seq)
+        assert strip(out['tokens'][s]) == seq, s
+        assert (out['tokens'][s, n:] == PAD).all() and (out['logprobs'][s, n:] == 0).all()
+        np.testing.assert_allclose(out['scores'][s], score, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(out['logprobs'][s, :n], lps, rtol=1e-5, atol=1e-5)
+        ended += seq[-1] == EOS
+    # The models must exercise both endings: EOS before max_len and truncation at it.
+    assert 0 < ended < N_REF
+
+
+def test_beam_keeps_a_finished_hypothesis_that_live_ones_outscore_for_a_while():
+    """Beam 2, no penalty. Step 1: 'A X' (log .784) and 'B EOS' (log .176) are the best two.
+    Step 2: both extensions of 'A X' (log .392, log .376) outscore 'B EOS', so a beam that keeps
+    finished hypotheses in its slots drops it; step 3 (the last, p = 1/6 each) takes both below
+    it. The answer is 'B EOS'."""
+    A, B_, X, Y, Z = 3, 4, 5, 6, 7
+    vocab, length = 8, 4
+    p = np.full((1, length, vocab, vocab), 1 / 6)  # uniform over EOS and 3..7 ...
+    p[..., [PAD, BOS]] = 0  # ... never PAD or BOS
+    for t, prev, probs in ((0, BOS, {A: .8, B_: .18, X: .02}), (1, A, {X: .98, Y: .02}),
+                           (1, B_, {EOS: .98, Y: .02}), (2, X, {Y: .5, Z: .48, EOS: .02})):
+        p[0, t, prev] = 0
+        p[0, t, prev, list(probs)] = list(probs.values())
+    p = np.maximum(p, 1e-12)
+    table = np.log(p).astype(np.float32)
+    out = run_beam(position_step(table), position_cache(1), 1, 2, max_len=length,
+                   vocab_size=vocab)
+    assert strip(out['tokens'][0]) == [B_, EOS]
+    np.testing.assert_allclose(out['scores'][0], np.log(.18 * .98), rtol=1e-4)
+    np.testing.assert_allclose(out['logprobs'][0], np.log([.18, .98, 1, 1]), atol=1e-4)
+
+
 # ------------------------------------------------------------ position x previous-token table
 def position_step(table):
     """logits = table[study, position, previous token]; the cache also carries a per-study row."""
@@ -243,6 +348,30 @@ def test_stops_once_every_hypothesis_finished(beam):
     jax.effects_barrier()
     assert positions == [0, 1]
     assert (out['tokens'][:, 1] == EOS).all() and (out['tokens'][:, 2:] == PAD).all()
+
+
+@pytest.mark.parametrize('alpha', [0.0, 1.0])
+def test_beam_stops_once_no_live_hypothesis_can_win(alpha):
+    """'3 EOS' (p = .7 * .99) ends at the second position; every live hypothesis is then below
+    p = .1 and can only fall, so the search stops although hypotheses are still live."""
+    length, vocab = 8, 7
+    p = np.full((1, length, vocab, vocab), 1 / 5)
+    p[..., [PAD, BOS]] = 1e-12
+    p[0, 0, BOS, 2:] = 1e-12, .7, .1, .1, .1
+    p[0, 1, 3, 2:] = .99, .0025, .0025, .0025, .0025
+    table = np.log(p).astype(np.float32)
+    positions = []
+
+    def step(tokens, cache):
+        jax.debug.callback(lambda i: positions.append(int(i)), cache['index'])
+        return position_step(table)(tokens, cache)
+
+    out = run_beam(step, position_cache(1), 1, 3, max_len=length, length_penalty=alpha,
+                   vocab_size=vocab)
+    jax.effects_barrier()
+    assert positions == [0, 1]
+    assert strip(out['tokens'][0]) == [3, EOS]
+    np.testing.assert_allclose(out['scores'][0], np.log(.7 * .99) / 2 ** alpha, rtol=1e-5)
 
 
 def has_repeated_trigram(seq):

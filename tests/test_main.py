@@ -88,6 +88,8 @@ def test_eval_mode_scores_the_test_split_and_predict_mode_agrees(reference, tmp_
     assert len(preds) == 16 and all(p['report'] for p in preds)
     assert (out / 'results.md').exists() and (out / 'bucket_f1.png').exists()
     assert 'BLEU-4' in stdout
+    assert stdout.strip().splitlines()[-1].startswith('Reads its images: ')  # last line
+    assert 'phantom_truth/macro_f1' in results and 'distinct_reports' in results
     _check_predict_mode_equals_eval(workdir, {p['id']: p['report'] for p in preds}, tmp_path,
                                     smoke_dataset)
 

@@ -12,6 +12,8 @@ distribution with an image signal under our control. Uncertain mentions are draw
 
 Both yield `types.RawStudy` records with lazy `load_views`; everything is deterministic per study
 (study seeds are hashes of the configured seed and the study id, never Python's salted hash()).
+Each record's `meta['findings']` is what its image was drawn from; `truth_labels` turns it into the
+row the prepared phantom datasets store (`PreparedSplit.truth_labels`, phantom-truth evaluation).
 """
 
 from __future__ import annotations
@@ -26,8 +28,21 @@ import numpy as np
 from jima_jax.data import phantom, sources, types
 from jima_jax.data.phantom import Finding, Findings
 
-# Bump when the renderer, the grammar or the distributions change: prepared phantom data depend on it.
-VERSION = '1.0.0'
+# Bump when the renderer, the grammar, the distributions or the stored fields change: prepared
+# phantom data depend on it (it is part of their prepare fingerprint and their tfds version).
+VERSION = '1.1.0'
+
+# Columns of a drawn-truth row: the 14 CheXpert observations (OBSERVATIONS order, "No Finding"
+# included) and then the three non-CheXpert IU findings the phantom also draws.
+TRUTH_COLUMNS = types.OBSERVATIONS + phantom.EXTRA_FINDINGS
+
+
+def truth_labels(findings: Findings) -> np.ndarray:
+    """int8[len(TRUTH_COLUMNS)] of 1/0: what the image was drawn from (`Findings.labels()` for the
+    14 observations, then one entry per extra finding). Every entry is known, none is uncertain."""
+    extra = [int(name in findings.names) for name in phantom.EXTRA_FINDINGS]
+    return np.concatenate([findings.labels(), np.asarray(extra, np.int8)]).astype(np.int8)
+
 
 # ------------------------------------------------------------------------ finding distribution
 
@@ -424,7 +439,9 @@ def synthetic_studies(data_cfg) -> Iterator[types.RawStudy]:
 
 # ------------------------------------------------------------------------ IU-phantom
 
-_EXTRA_PATTERNS = {
+# How an "Other finding" mention of the labeler names one of the extra findings (also used to read
+# them in generated reports: jima_jax.evaluation.phantom_truth).
+EXTRA_PATTERNS = {
     'calcified granuloma': re.compile(r'granulom'),
     'degenerative spine': re.compile(r'degenerat|spondyl|osteophyt|spur'),
     'hiatal hernia': re.compile(r'hiatal|hiatus|hernia'),
@@ -510,7 +527,7 @@ def findings_from_report(report: str) -> Findings:
             continue
         names = [m.observation]
         if m.observation == labeler.OTHER_FINDING:
-            names = [n for n, p in _EXTRA_PATTERNS.items() if p.search(m.text)]
+            names = [n for n, p in EXTRA_PATTERNS.items() if p.search(m.text)]
         for name in names:
             if name in phantom.ATTRIBUTES and name not in first:
                 first[name] = (_clause(m.sentence, m.start, m.end),

@@ -57,7 +57,9 @@ def _fingerprint_inputs(data_cfg) -> dict[str, Any]:
     out = {k: data_cfg[k] for k in keys}
     out["skip_bad_studies"] = bool(getattr(data_cfg, "skip_bad_studies", False))
     if data_cfg.name in ("phantom", "iu_phantom"):
+        from jima_jax.data import phantom_corpus  # the phantom format has its own version
         out["phantom"] = data_cfg.phantom.to_dict()
+        out["phantom_version"] = phantom_corpus.VERSION
     out["prepare_version"] = PREPARE_VERSION
     return out
 
@@ -138,24 +140,27 @@ def prepare_dataset(data_cfg, *, download: bool = False, force: bool = False,
     return final
 
 
-def _empty_split(data_cfg) -> PreparedSplit:
+def _empty_split(data_cfg, truth_columns: int = 0) -> PreparedSplit:
     c = data_cfg
     return PreparedSplit(
         ids=np.zeros(0, str), reports=np.zeros(0, str),
         images=None if c.reports_only else np.zeros((0, c.num_views, c.image_size, c.image_size), np.uint8),
         tokens=np.zeros((0, c.max_len), np.int32), lengths=np.zeros(0, np.int32),
         entities=np.zeros((0, c.max_entities), np.int32), abnormal=np.zeros(0, np.int8),
-        labels=np.zeros((0, NUM_OBSERVATIONS), np.int8))
+        labels=np.zeros((0, NUM_OBSERVATIONS), np.int8),
+        truth_labels=np.zeros((0, truth_columns), np.int8) if truth_columns else None)
 
 
 def _read_split(builder, split: str, data_cfg) -> PreparedSplit:
     """One tfds split -> PreparedSplit (batched reads into preallocated arrays)."""
     import tensorflow_datasets as tfds
 
+    truth = builder.info.features["truth_labels"].shape[0] if (
+        "truth_labels" in builder.info.features) else 0
     if split not in builder.info.splits:
-        return _empty_split(data_cfg)
+        return _empty_split(data_cfg, truth)
     n = int(builder.info.splits[split].num_examples)
-    out = _empty_split(data_cfg)
+    out = _empty_split(data_cfg, truth)
     arrays = {k: np.zeros((n,) + v.shape[1:], v.dtype) for k, v in vars(out).items()
               if isinstance(v, np.ndarray) and k not in ("ids", "reports")}
     ids, reports = [], []
@@ -171,6 +176,8 @@ def _read_split(builder, split: str, data_cfg) -> PreparedSplit:
         arrays["entities"][sl] = batch["entities"]
         arrays["abnormal"][sl] = batch["abnormal"]
         arrays["labels"][sl] = batch["labels"]
+        if "truth_labels" in arrays:
+            arrays["truth_labels"][sl] = batch["truth_labels"]
         if "images" in arrays:
             arrays["images"][sl] = batch["images"]
         pos += m

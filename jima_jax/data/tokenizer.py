@@ -56,6 +56,14 @@ class Tokenizer:
             raise ValueError(f"Sentencepiece model reserves ids {ids} for pad/bos/eos/unk; "
                              f"jima_jax needs {(PAD_ID, BOS_ID, EOS_ID, UNK_ID)}. Retrain it.")
 
+    def __getstate__(self):
+        # Only the model bytes: the processor's own pickle format differs between sentencepiece
+        # versions, the serialized model does not.
+        return {'model_proto': self._proto}
+
+    def __setstate__(self, state):
+        self.__init__(state['model_proto'])
+
     # ------------------------------------------------------------------ training
     @classmethod
     def train(cls, texts: Iterable[str], *, mode: str = "word", min_count: int = 3,

@@ -83,6 +83,10 @@ class PreparedSplit:
     entities: np.ndarray  # [N, E] int32 vocabulary ids of the report's entity tokens, -1 padded
     abnormal: np.ndarray  # [N] int8: 1 abnormal, 0 normal
     labels: np.ndarray  # [N, NUM_OBSERVATIONS] int8 with the LABEL_* values
+    # Phantom datasets only: [N, 17] int8 1/0, the findings each image was DRAWN from (columns
+    # `phantom_corpus.TRUTH_COLUMNS`: the 14 observations, then the 3 extra IU findings), the exact
+    # truth that `labels` (read from the reference text) only approximates. None elsewhere.
+    truth_labels: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -93,8 +97,10 @@ class PreparedSplit:
             got = getattr(self, name).shape[0]
             if got != n:
                 raise ValueError(f"PreparedSplit.{name} has {got} rows but ids has {n}.")
-        if self.images is not None and self.images.shape[0] != n:
-            raise ValueError(f"PreparedSplit.images has {self.images.shape[0]} rows but ids has {n}.")
+        for name in ("images", "truth_labels"):
+            value = getattr(self, name)
+            if value is not None and value.shape[0] != n:
+                raise ValueError(f"PreparedSplit.{name} has {value.shape[0]} rows but ids has {n}.")
 
     def subset(self, index: np.ndarray) -> "PreparedSplit":
         """Rows `index` as a new split (used for eval subsets and tests)."""

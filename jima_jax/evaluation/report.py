@@ -1,7 +1,9 @@
 """Writes evaluation results: results.json (flat keys), results.md (tables) and PNG plots.
 
 The Markdown puts the paper's numbers (JIMA, JHIR 2025, Tables 2-4) beside ours when the dataset is
-IU X-ray or MIMIC-CXR, so a reproduction can be judged at a glance. Every file is written to a
+IU X-ray or MIMIC-CXR, so a reproduction can be judged at a glance, and answers "does the model
+read the image?" (image reliance, distinct reports, phantom truth beside its floor and ceiling);
+`reads_images_line` says the same in one line for the console. Every file is written to a
 temporary name and renamed into place, so a crash never leaves a half-written result.
 """
 
@@ -14,7 +16,9 @@ import os
 import pathlib
 from typing import Mapping, Optional, Sequence
 
-from jima_jax.evaluation import clinical, imbalance
+import numpy as np
+
+from jima_jax.evaluation import clinical, imbalance, phantom_truth
 
 from jima_jax import atomic
 
@@ -105,13 +109,15 @@ def format_results(results: Mapping[str, Optional[float]], dataset_name: Optiona
         out += ["", "## Report generation (NLG)", ""] + _table(header, nlg_rows)
 
     reliance = sorted(k for k in results if "/image_reliance/" in k and results[k] is not None)
+    if reliance or "distinct_reports" in results:
+        out += ["", "## Does the model read the image?"]
     if reliance:
         used.update(reliance)
-        out += ["", "## Does the model read the image?", "",
-                "Loss increase (nats) when every study is given its batch neighbour's images; "
+        out += ["", "Loss increase (nats) when every study is given its batch neighbour's images; "
                 "about 0 means the reports do not depend on the radiograph.", ""]
         out += _table(["loss", "increase"], [[k.rsplit("/", 1)[1], f"{results[k]:.4f}"]
                                             for k in reliance])
+    out += _reading_tables(results, used)
 
     subset_rows = ours_and_paper(["normal", "abnormal"])
     if subset_rows:
@@ -168,14 +174,103 @@ def format_results(results: Mapping[str, Optional[float]], dataset_name: Optiona
     rest = sorted(k for k in results if k not in used)
     if rest:
         out += ["", "## Other values (as computed, not scaled)", ""]
-        out += _table(["key", "value"], [[k, "n/a" if results[k] is None else f"{results[k]:.6g}"]
-                                          for k in rest])
+        out += _table(["key", "value"], [[k, _plain(results[k])] for k in rest])
     return "\n".join(out) + "\n"
 
 
-def _json_value(value) -> Optional[float]:
+def _plain(value) -> str:
     if value is None:
-        return None
+        return "n/a"
+    return value if isinstance(value, str) else f"{value:.6g}"
+
+
+_SYSTEMS = (("", "generated"), ("baseline_most_common", "most common training report (floor)"),
+            ("baseline_reference", "reference report (ceiling)"))
+_TRUTH_ROWS = (("macro_f1", "phantom-truth macro F1"), ("micro_f1", "phantom-truth micro F1"),
+               ("abnormal_recall", "abnormal studies read as abnormal"),
+               ("normal_recall", "normal studies read as normal"))
+
+
+def _reading_tables(results: Mapping, used: set) -> list[str]:
+    """Distinct reports and phantom truth, generated vs the two baselines, then per finding."""
+    if "distinct_reports" not in results:
+        return []
+    systems = [(name, label) for name, label in _SYSTEMS
+               if not name or f"distinct_reports/{name}" in results]
+    n = results.get("count/studies")
+
+    def distinct(name: str) -> str:
+        key = f"distinct_reports/{name}" if name else "distinct_reports"
+        used.add(key)
+        value = results.get(key)
+        return "n/a" if value is None else f"{int(value)}" + (f" of {int(n)}" if n else "")
+
+    rows = [["distinct reports"] + [distinct(name) for name, _ in systems]]
+    used.add("count/studies")
+    for stat, label in _TRUTH_ROWS:
+        keys = [f"{phantom_truth.PREFIX}/{name + '/' if name else ''}{stat}" for name, _ in systems]
+        if keys[0] in results:
+            used.update(keys)
+            rows.append([label] + [_fmt(results.get(k)) for k in keys])
+    out = ["", "Different reports written, and (phantom data) the labeler's reading of each report "
+           "against the findings its image was drawn from; scores x100 (docs/evaluation.md).", ""]
+    out += _table([""] + [label for _, label in systems], rows)
+    names = [name for name in phantom_truth.FINDINGS
+             if f"{phantom_truth.PREFIX}/{phantom_truth.finding_key(name)}/f1" in results]
+    if names:
+        per = []
+        for name in names:
+            key = f"{phantom_truth.PREFIX}/{phantom_truth.finding_key(name)}"
+            stats = [f"{key}/{m}" for m in ("support", "precision", "recall", "f1")]
+            used.update(stats)
+            per.append([name, str(int(results[stats[0]]))] + [_fmt(results.get(k))
+                                                               for k in stats[1:]])
+        out += ["", "Phantom truth per finding (the macro average is over these: each is drawn in "
+                "at least one study; uncertain mentions count as found):", ""]
+        out += _table(["finding", "studies", "precision", "recall", "F1"], per)
+    used.add(f"{phantom_truth.PREFIX}/findings")
+    return out
+
+
+# "Reads its images: yes" needs both: the report loss depends on the image, and the reports differ.
+MIN_RELIANCE = 0.05  # nats/token of report NLL lost when the images are swapped
+MIN_DISTINCT_SHARE = 0.01  # distinct reports must exceed this share of the studies, and be >= 2
+
+
+def reads_images_line(results: Mapping) -> str:
+    """One plain line for the console: does the model read its images, and the evidence.
+
+    Rule: yes when image reliance (report) >= MIN_RELIANCE nats/token AND distinct reports >= 2
+    and > MIN_DISTINCT_SHARE of the studies; unknown when either number is missing."""
+    reliance = next((results[k] for k in sorted(results)
+                     if k.endswith("image_reliance/report") and results[k] is not None), None)
+    distinct, n = results.get("distinct_reports"), results.get("count/studies")
+    parts, fails = [], []
+    if reliance is not None:
+        parts.append(f"image reliance {reliance:.3g} nats/token (report)")
+        if reliance < MIN_RELIANCE:
+            fails.append(f"reliance below {MIN_RELIANCE}")
+    if distinct is not None:
+        parts.append(f"{int(distinct)} distinct report{'s' if distinct != 1 else ''}"
+                     + (f" of {int(n)}" if n else ""))
+        if distinct <= max(1.0, MIN_DISTINCT_SHARE * (n or 0)):
+            fails.append(f"distinct reports not above max(1, {MIN_DISTINCT_SHARE:.0%} of studies)")
+    macro = results.get(f"{phantom_truth.PREFIX}/macro_f1")
+    if macro is not None:
+        floor = results.get(f"{phantom_truth.PREFIX}/baseline_most_common/macro_f1")
+        parts.append(f"phantom-truth macro F1 {macro:.2f}"
+                     + ("" if floor is None else f" (most-common-report baseline {floor:.2f})"))
+    verdict = "unknown" if reliance is None or distinct is None else ("no" if fails else "yes")
+    line = f"Reads its images: {verdict} — " + (", ".join(parts) or "no evidence computed")
+    return line + (f" [{'; '.join(fails)}]" if fails else "")
+
+
+def _json_value(value):
+    """JSON form of one result: None for missing/NaN/inf, ints and strings kept, else float."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
     value = float(value)
     return None if math.isnan(value) or math.isinf(value) else value
 

@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from jima_jax.data import types
-from jima_jax.evaluation import clinical, imbalance, nlg, report
+from jima_jax.evaluation import clinical, imbalance, nlg, phantom_truth, report
 
 
 class InputError(ValueError):
@@ -150,7 +150,9 @@ def score_reports(refs: dict[str, str], preds: dict[str, str], *,
     """
     ids = sorted(refs)
     notes = [f"Studies: {len(ids)}."] if notes is None else notes
-    results: dict[str, Optional[float]] = {}
+    results: dict[str, Optional[float]] = {
+        "count/studies": len(ids),
+        "distinct_reports": phantom_truth.distinct_reports([preds[i] for i in ids])}
     if with_ce and (ref_labels is None or pred_labels is None):
         try:
             from jima_jax.data.labeler import label_reports

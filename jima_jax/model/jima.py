@@ -32,23 +32,40 @@ class PatchLinearEntityHead(nnx.Module):
     def __init__(self, feature_dim: int, vocab_size: int, *, rngs: nnx.Rngs):
         self.proj = nnx.Linear(feature_dim, vocab_size, rngs=rngs)
 
-    def __call__(self, patches, pooled):
-        del pooled
+    def __call__(self, patches, pooled, rngs: Optional[nnx.Rngs] = None):
+        del pooled, rngs  # no dropout in the paper's f_E
         return self.proj(jnp.mean(patches.astype(jnp.float32), axis=1))
 
 
 class MLPEntityHead(nnx.Module):
-    """Release f_E: pooled features (all views concatenated) -> hidden -> hidden -> |V|."""
+    """Release f_E: pooled features (all views concatenated) -> hidden -> hidden -> |V|, with
+    Dropout(`dropout`) after each ReLU as in the release (active only when given `rngs`)."""
 
-    def __init__(self, pooled_dim: int, hidden: int, vocab_size: int, *, rngs: nnx.Rngs):
+    def __init__(self, pooled_dim: int, hidden: int, vocab_size: int, *, dropout: float = 0.0,
+                 rngs: nnx.Rngs):
         self.fc1 = nnx.Linear(pooled_dim, hidden, rngs=rngs)
         self.fc2 = nnx.Linear(hidden, hidden, rngs=rngs)
         self.fc3 = nnx.Linear(hidden, vocab_size, rngs=rngs)
+        self.dropout = dropout
 
-    def __call__(self, patches, pooled):
+    def __call__(self, patches, pooled, rngs: Optional[nnx.Rngs] = None):
         del patches
-        h = jax.nn.relu(self.fc1(pooled.astype(jnp.float32)))
-        return self.fc3(jax.nn.relu(self.fc2(h)))
+        drop = lambda x: transformer._dropout(x, self.dropout, rngs)
+        h = drop(jax.nn.relu(self.fc1(pooled.astype(jnp.float32))))
+        return self.fc3(drop(jax.nn.relu(self.fc2(h))))
+
+
+def _rate(cfg: ml_collections.ConfigDict, key: str, default: float) -> float:
+    rate = float(cfg.get(key, default))
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f'model.{key}={rate} must be in [0, 1).')
+    return rate
+
+
+def fusion_dropout(cfg: ml_collections.ConfigDict) -> float:
+    """Dropout after the fusion projection: model.fusion_dropout, or model.dropout when < 0."""
+    rate = float(cfg.get('fusion_dropout', -1.0))
+    return _rate(cfg, 'dropout', 0.0) if rate < 0 else _rate(cfg, 'fusion_dropout', 0.0)
 
 
 class ReportGenerator(nnx.Module):
@@ -62,7 +79,7 @@ class ReportGenerator(nnx.Module):
             vocab_size=vocab_size, width=cfg.width, heads=cfg.num_heads, hidden=cfg.ffn_dim,
             encoder_layers=cfg.num_encoder_layers, decoder_layers=cfg.num_decoder_layers,
             dropout=cfg.dropout, max_len=max_len, dtype=dtype, rngs=rngs)
-        self.dropout = cfg.dropout
+        self.fusion_dropout = fusion_dropout(cfg)
         self.dtype = dtype
 
     def fuse(self, patches, q):
@@ -74,7 +91,7 @@ class ReportGenerator(nnx.Module):
 
     def memory(self, patches, q, rngs: Optional[nnx.Rngs]):
         """Encoder output over the fused visual tokens."""
-        x = transformer._dropout(self.fuse(patches, q), self.dropout, rngs)
+        x = transformer._dropout(self.fuse(patches, q), self.fusion_dropout, rngs)
         return self.transformer.encode(x, rngs)
 
     def __call__(self, patches, q, tokens_in, rngs: Optional[nnx.Rngs]):
@@ -94,7 +111,8 @@ class JIMA(nnx.Module):
         if cfg.entity_head == 'patch_linear':
             self.entity = PatchLinearEntityHead(d, vocab_size, rngs=rngs)
         elif cfg.entity_head == 'mlp':
-            self.entity = MLPEntityHead(d * num_views, cfg.entity_mlp_dim, vocab_size, rngs=rngs)
+            self.entity = MLPEntityHead(d * num_views, cfg.entity_mlp_dim, vocab_size,
+                                        dropout=_rate(cfg, 'entity_dropout', 0.0), rngs=rngs)
         else:
             raise ValueError(f"model.entity_head={cfg.entity_head!r}: expected 'patch_linear' "
                              "or 'mlp'.")
@@ -111,14 +129,15 @@ class JIMA(nnx.Module):
         pooled = jnp.mean(fmap.astype(jnp.float32), axis=(1, 2)).reshape(b, v * d)
         return patches, pooled
 
-    def entity_logits(self, patches, pooled):
-        return self.entity(patches, pooled)
+    def entity_logits(self, patches, pooled, rngs: Optional[nnx.Rngs] = None):
+        """Entity logits [B, |V|]; `rngs` (training only) drives the mlp head's dropout."""
+        return self.entity(patches, pooled, rngs)
 
     def __call__(self, images, tokens_in, train: bool = False,
                  rngs: Optional[nnx.Rngs] = None):
         """Full forward: entity logits [B, V] and report logits [B, L, V]."""
         patches, pooled = self.features(images, train)
-        ent = self.entity_logits(patches, pooled)
+        ent = self.entity_logits(patches, pooled, rngs)
         return ent, self.report(patches, jax.nn.sigmoid(ent), tokens_in, rngs)
 
 

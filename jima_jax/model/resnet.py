@@ -154,6 +154,16 @@ def _torchvision_targets(resnet: ResNet) -> dict[str, nnx.Variable]:
     return targets
 
 
+def torchvision_state(resnet: ResNet) -> dict[str, np.ndarray]:
+    """The backbone as a torchvision state dict (OIHW kernels, no classifier): the inverse of
+    `load_torchvision_state`, so a pre-trained backbone travels as an ordinary weight file."""
+    state = {}
+    for key, var in _torchvision_targets(resnet).items():
+        value = np.asarray(var[...], np.float32)
+        state[key] = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value  # HWIO -> OIHW
+    return state
+
+
 def _strip_prefix(state: dict) -> dict:
     """Accept state dicts saved from wrappers ('module.', 'backbone.', ...)."""
     if 'conv1.weight' in state:

@@ -10,14 +10,16 @@ the scores (and the validation metrics) to `observe`, and checkpoints `state_dic
   c_t = min(1, [1 - (s_t - s_{t-1}) / s_{t-1}] c_{t-1}), floored; s = 1 - mean k over the scored
   training set (or a named validation metric).
 - `jima_release` (the authors' code, section 8): the same update with one shared ratio, the
-  EASIEST fraction kept, s = validation BLEU-4.
+  EASIEST fraction kept, s = validation BLEU-4; s_0 and s_1 are taken in the two epochs AFTER the
+  warm-up (0-based epochs 10 and 11 for a warm-up of 10), so the kept sets apply from epoch 12.
 - `competence_sqrt`, `competence_linear`: easy-to-hard competence pacing (Platanios et al., 2019),
   c grows from the floor to 1 over `pace_epochs`; the easiest fraction kept.
 - `anti`: the same fixed linear pace, hardest fraction kept (anti-curriculum).
 
 Every schedule starts with `warmup_epochs` on everything and ranks by the same model-based k1/k2.
-Scoring runs at the end of the last two warm-up epochs (s_0, s_1 with c(s_0) = 1) and then every
-`rescore_every_epochs`; the kept sets change only when scores are renewed. Selection is a pure
+Scoring runs at the end of the last two warm-up epochs (s_0, s_1 with c(s_0) = 1; `jima_release`:
+the two epochs after them, also on everything) and then every `rescore_every_epochs`; the kept
+sets change only when scores are renewed. Selection is a pure
 function of (scores, ratio, seed): ties in difficulty are broken by a permutation fixed by the seed.
 """
 
@@ -42,11 +44,12 @@ class _Rule:
     shared_ratio: bool
     pacing: str  # feedback (spec section 6 update) | sqrt | linear (fixed pace by epoch)
     measure: str  # what 'auto' means for this schedule
+    lead_in: int = 0  # epochs on everything after the warm-up before the first selection
 
 
 _RULES = {
     'jima': _Rule(True, False, 'feedback', 'difficulty'),
-    'jima_release': _Rule(False, True, 'feedback', 'val/BLEU_4'),
+    'jima_release': _Rule(False, True, 'feedback', 'val/BLEU_4', lead_in=2),
     'competence_sqrt': _Rule(False, True, 'sqrt', 'difficulty'),
     'competence_linear': _Rule(False, True, 'linear', 'difficulty'),
     'anti': _Rule(True, True, 'linear', 'difficulty'),
@@ -147,6 +150,8 @@ class Curriculum:
         self.seed = int(seed)
         self.num_epochs = int(num_epochs)
         self.warmup = max(int(ccfg.warmup_epochs), 0)
+        # The first epoch that may train on a kept subset.
+        self.start = self.warmup + (self.rule.lead_in if self.rule else 0)
         self.floor = float(ccfg.floor)
         self.k2_mode = ccfg.k2_mode
         self.rescore_every = int(ccfg.rescore_every_epochs)
@@ -155,7 +160,7 @@ class Curriculum:
         else:
             self.measure = ccfg.measure
         pace = int(ccfg.pace_epochs)
-        self.pace = pace if pace > 0 else max(1, self.num_epochs - self.warmup - 1)
+        self.pace = pace if pace > 0 else max(1, self.num_epochs - self.start - 1)
         self.composition = composition
         self.tiebreak = np.random.default_rng([self.seed, 0x6A696D61]).permutation(num_train)
         # State (everything below is checkpointed).
@@ -191,10 +196,10 @@ class Curriculum:
         """Whether to score the training set at the end of `epoch` (0-based)."""
         if self.rule is None or epoch + 1 >= self.num_epochs:
             return False
-        first = self.warmup - (2 if self.rule.pacing == 'feedback' else 1)
+        first = self.start - (2 if self.rule.pacing == 'feedback' else 1)
         if epoch < first:
             return False
-        return epoch < self.warmup or (epoch + 1 - self.warmup) % self.rescore_every == 0
+        return epoch < self.start or (epoch + 1 - self.start) % self.rescore_every == 0
 
     def needs_validation(self, epoch: int) -> bool:
         return self.measure_is_metric and self.scores_due(epoch)
@@ -240,15 +245,15 @@ class Curriculum:
         self.s_history.append([int(epoch), s1, s2])
         self.k1, self.k2, self.has_entities = k1, k2, has
         nxt = epoch + 1
-        if nxt < self.warmup:
-            return  # s_0 recorded; still warming up
+        if nxt < self.start:
+            return  # s_0 recorded; still on everything
         if self.rule.pacing == 'feedback':
             c1, c2 = self.ratios()  # 1, 1 = c(s_0) at the first update
             if previous is not None:
                 c1 = update_ratio(c1, previous[1], s1, self.floor)
                 c2 = update_ratio(c2, previous[2], s2, self.floor)
         else:
-            c1 = c2 = competence(nxt - self.warmup, self.pace, self.floor, self.rule.pacing)
+            c1 = c2 = competence(nxt - self.start, self.pace, self.floor, self.rule.pacing)
         self.c_history.append([nxt, c1, c2])
         hard = self.rule.hardest_first
         self.kept1 = select(k1, c1, hardest_first=hard, tiebreak=self.tiebreak)

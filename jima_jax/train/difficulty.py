@@ -25,7 +25,6 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 
 from jima_jax.data import pipeline as pipeline_lib
 from jima_jax.data.types import EOS_ID, PAD_ID, PreparedSplit
@@ -115,11 +114,6 @@ def jit_score_step(score_fn: Callable, mesh, state_sharding) -> Callable:
                                            batch), out_shardings=batch)
 
 
-def _to_host(tree):
-    if jax.process_count() == 1:
-        return jax.device_get(tree)
-    return multihost_utils.process_allgather(tree, tiled=True)
-
 
 def score_split(score_fn: Callable, params, batch_stats, split: PreparedSplit, icfg, *,
                 seed: int, mesh) -> Difficulty:
@@ -136,7 +130,7 @@ def score_split(score_fn: Callable, params, batch_stats, split: PreparedSplit, i
     result = {'k1': np.zeros(n, np.float32), 'k2_all': np.zeros(n, np.float32),
               'k2_balanced': np.zeros(n, np.float32), 'has_entities': np.zeros(n, bool)}
     seen = np.zeros(n, bool)
-    for out, index, mask in _to_host(outputs):
+    for out, index, mask in parallel.to_host(outputs):
         keep = np.asarray(mask) > 0
         rows = np.asarray(index)[keep]
         for key, values in result.items():

@@ -28,7 +28,7 @@ from jima_jax.data.types import PreparedDataset
 from jima_jax.model import jima, resnet
 from jima_jax.evaluation import report as report_lib
 from jima_jax.train import checkpoint, curriculum as curriculum_lib, losses, parallel, reporting
-from jima_jax.train import difficulty
+from jima_jax.train import difficulty, pretrain as pretrain_lib
 from jima_jax.train import validate
 from jima_jax.train import step as step_lib
 
@@ -181,6 +181,12 @@ def _position(extra: dict) -> tuple[int, int]:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (resuming from `workdir` when it holds a checkpoint); returns the final metrics."""
+    if int(config.pretrain.steps) > 0:  # f_R pre-trained first (fresh runs only)
+        ck = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir, config.train),
+                                     config.train)
+        fresh = ck.latest_step() is None
+        ck.close()
+        config = pretrain_lib.with_pretrained_backbone(config, workdir, fresh)
     s = setup(config, workdir)
     is_main = jax.process_index() == 0
     if is_main:
@@ -349,7 +355,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def checkpoint_step(workdir: pathlib.Path, train_cfg, which: str) -> Optional[int]:
-    """'latest', 'best' (by train.best_metric, recorded during training) or a step number."""
+    """The step `setup` should restore for --checkpoint=`which`: 'latest' -> None (the newest
+    intact one; damaged ones are moved aside there), 'best' (by train.best_metric, recorded
+    during training; damaged -> moved aside with a warning, then None) or a step number."""
     ck = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir, train_cfg), train_cfg)
     latest = ck.latest_step()
     try:
@@ -358,14 +366,22 @@ def checkpoint_step(workdir: pathlib.Path, train_cfg, which: str) -> Optional[in
                 f'{ck.directory} holds no checkpoint; train first '
                 f'(python -m jima_jax.main --config ... --workdir {workdir}).')
         if which == 'latest':
-            return latest
+            return None
         if which == 'best':
-            best = ck.read_extra(latest).get('best', {})
+            best = ck.best_record()
             if 'step' not in best:
                 raise ValueError(f'{workdir}: no best checkpoint was recorded (train.best_metric='
                                  f'{train_cfg.best_metric!r} never evaluated); use '
                                  '--checkpoint=latest.')
-            return int(best['step'])
+            step = int(best['step'])
+            problem = (None if step in ck.manager.all_steps() else
+                       f'best checkpoint step {step} is no longer in {ck.directory}.')
+            if problem is None and (damage := ck.find_damage(step)) is not None:
+                problem = f'{damage} Moved it to {ck.move_aside(step)}.'
+            if problem is None:
+                return step
+            checkpoint.warn(f'{problem} Using the newest intact checkpoint instead.')
+            return None
         if not which.isdigit() or int(which) not in ck.manager.all_steps():
             raise ValueError(f'--checkpoint={which!r}: expected latest, best or one of the saved '
                              f'steps {sorted(ck.manager.all_steps())}.')

@@ -9,9 +9,15 @@ dimension (ZeRO-3 style); XLA inserts the all-gathers and reduce-scatters.
 from __future__ import annotations
 
 import ctypes
+import functools
+import importlib.metadata
 import importlib.util
+import logging
 import math
+import mmap
 import os
+import pathlib
+import re
 import sys
 
 import jax
@@ -19,6 +25,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 BATCH_AXES = ('data', 'fsdp')
+log = logging.getLogger(__name__)
 
 
 def make_mesh(pcfg, devices=None) -> Mesh:
@@ -78,9 +85,48 @@ def state_shardings(mesh: Mesh, tree, pcfg):
 
 CPU_SCHEDULERS = ('memory', 'concurrency')
 _SCHEDULER_FLAG = '--xla_cpu_enable_concurrency_optimized_scheduler'
+# Installed, any of these gives JAX a GPU/TPU backend by default.
+_ACCELERATOR_MODULES = ('jax_plugins', 'jax_cuda12_plugin', 'jax_cuda13_plugin',
+                        'jax_rocm60_plugin', 'jax_rocm7_plugin', 'libtpu')
+_NATIVE_LIBRARY = re.compile(r'\.(so(\.[0-9.]+)?|dylib|pyd)$')  # libfoo.so, libfoo.so.1, ...
 
 
-def use_cpu_scheduler(pcfg) -> None:
+def jax_runs_on_cpu() -> bool:
+    """Whether JAX will compute on the CPU: `JAX_PLATFORMS` names only `cpu`, or, unset, no
+    GPU/TPU plugin is installed (JAX would pick that plugin's backend by default)."""
+    platforms = [p.strip().lower() for p in os.environ.get('JAX_PLATFORMS', '').split(',')
+                 if p.strip()]
+    if platforms:
+        return all(p == 'cpu' for p in platforms)
+    if any(importlib.util.find_spec(m) for m in _ACCELERATOR_MODULES):
+        return False
+    return not importlib.metadata.entry_points(group='jax_plugins')
+
+
+@functools.lru_cache(maxsize=None)
+def xla_knows_flag(flag: str) -> bool:
+    """Whether the installed jaxlib's XLA was built with `flag` (e.g. '--xla_cpu_...').
+
+    XLA aborts the whole process when `XLA_FLAGS` holds a flag it does not know, and no Python
+    API lists the known ones. Each flag's name is a NUL-terminated string literal in jaxlib's
+    native libraries, so we look for it there (memory-mapped; the largest library first).
+    """
+    spec = importlib.util.find_spec('jaxlib')
+    roots = list(spec.submodule_search_locations or []) if spec else []
+    libs = [f for root in roots for f in pathlib.Path(root).rglob('*')
+            if _NATIVE_LIBRARY.search(f.name) and f.is_file()]
+    needle = flag.split('=')[0].lstrip('-').encode() + b'\0'
+    for lib in sorted(libs, key=lambda f: f.stat().st_size, reverse=True):
+        with open(lib, 'rb') as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                continue
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                if m.find(needle) >= 0:
+                    return True
+    return False
+
+
+def use_cpu_scheduler(pcfg) -> bool:
     """Chooses XLA:CPU's op order for this process through `XLA_FLAGS`.
 
     'memory' keeps the fewest buffers alive instead of XLA:CPU's default concurrency-optimised
@@ -88,28 +134,27 @@ def use_cpu_scheduler(pcfg) -> None:
     (peak host memory 6.7 -> 5.7 GB) at the same speed. XLA reads the flag once, when JAX starts
     its CPU backend, so this must run before the first computation (`main` calls it right after
     parsing the config); a per-compilation option does not reach this flag. A value the user
-    already put in XLA_FLAGS wins. Off CPU the flag does nothing.
+    already put in XLA_FLAGS wins. The flag is added only when JAX will run on the CPU and the
+    installed jaxlib knows it (XLA aborts on an unknown flag, on every backend). Returns whether
+    it was added.
     """
     choice = pcfg.get('cpu_scheduler', 'memory')
     if choice not in CPU_SCHEDULERS:
         raise ValueError(f'parallel.cpu_scheduler={choice!r}: expected one of {CPU_SCHEDULERS}.')
     flags = os.environ.get('XLA_FLAGS', '')
-    if choice == 'memory' and _SCHEDULER_FLAG not in flags:
-        os.environ['XLA_FLAGS'] = f'{flags} {_SCHEDULER_FLAG}=false'.strip()
+    if choice != 'memory' or _SCHEDULER_FLAG in flags or not jax_runs_on_cpu():
+        return False
+    if not xla_knows_flag(_SCHEDULER_FLAG):
+        log.warning('parallel.cpu_scheduler=memory: this jaxlib does not know %s, so XLA:CPU '
+                    'keeps its default op order (more memory, same numbers).', _SCHEDULER_FLAG)
+        return False
+    os.environ['XLA_FLAGS'] = f'{flags} {_SCHEDULER_FLAG}=false'.strip()
+    return True
 
 
 CPU_MALLOC = ('reuse', 'system')
 # glibc <malloc.h> mallopt parameters.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
-# Installed, any of these gives JAX a GPU/TPU backend by default.
-_ACCELERATOR_MODULES = ('jax_plugins', 'jax_cuda12_plugin', 'jax_cuda13_plugin', 'libtpu')
-
-
-def _jax_runs_on_cpu() -> bool:
-    platforms = os.environ.get('JAX_PLATFORMS', '').strip()
-    if platforms:
-        return platforms.split(',')[0].strip() == 'cpu'
-    return not any(importlib.util.find_spec(m) for m in _ACCELERATOR_MODULES)
 
 
 def glibc_mallopt():
@@ -142,7 +187,7 @@ def use_cpu_malloc(pcfg) -> bool:
     if choice not in CPU_MALLOC:
         raise ValueError(f'parallel.cpu_malloc={choice!r}: expected one of {CPU_MALLOC}.')
     mallopt = glibc_mallopt()
-    if choice != 'reuse' or mallopt is None or not _jax_runs_on_cpu():
+    if choice != 'reuse' or mallopt is None or not jax_runs_on_cpu():
         return False
     # A trim threshold of -1 is SIZE_MAX for glibc: freed memory is never given back.
     return all(mallopt(param, value) == 1 for param, value in
@@ -150,7 +195,8 @@ def use_cpu_malloc(pcfg) -> bool:
 
 
 def configure_cpu_host(pcfg) -> None:
-    """Process-wide CPU settings from `parallel` (op order, allocator): call before JAX starts."""
+    """Process-wide CPU settings from `parallel` (op order, allocator): call before JAX starts.
+    Both act only when JAX will run on the CPU; a GPU/TPU run keeps XLA's and glibc's defaults."""
     use_cpu_scheduler(pcfg)
     use_cpu_malloc(pcfg)
 
@@ -164,3 +210,11 @@ def put_batch(batch: dict, sharding: NamedSharding) -> dict:
         return jax.device_put(batch, sharding)
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+
+
+def to_host(tree):
+    """Global device arrays (or this process's slices) -> full host numpy arrays."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+    return multihost_utils.process_allgather(tree, tiled=True)

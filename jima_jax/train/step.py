@@ -1,7 +1,8 @@
 """Train state, the fused JIMA train step (Algorithm 1 in one XLA program), and the eval step.
 
 `train_step(state, batch_a, batch_b, epoch, tables)` performs
-  1. Task 1: entity BCE on batch A -> gradients for f_R + f_E -> optimizer alpha;
+  1. Task 1: entity BCE on batch A (x loss.entity_weight) -> gradients for f_R + f_E ->
+     optimizer alpha;
   2. Task 2: f_R (updated, frozen: batch-statistics BatchNorm without running-stat updates) and
      f_E (frozen) encode batch B; report NLL -> gradients for fusion + f_T -> optimizer beta;
 or, in `joint` mode (the authors' release option), one update of everything on
@@ -106,10 +107,21 @@ class _Reducer:
         return x if self.axis_name is None else jax.lax.psum(x, self.axis_name)
 
 
+# Dropout keys of f_E (the release's mlp head) are folded out of the step key under these tags;
+# the report generator draws from the step key itself (nnx.Rngs folds in 0, 1, 2, ... per draw),
+# so its masks are the same whether or not f_E has dropout.
+_ENTITY_DROPOUT_TASK1 = 0x656E7431
+_ENTITY_DROPOUT_TASK2 = 0x656E7432
+
+
+def _entity_rngs(key, tag: int) -> Optional[nnx.Rngs]:
+    return None if key is None else nnx.Rngs(dropout=jax.random.fold_in(key, tag))
+
+
 def _entity_loss(model, images, batch, tables: losses.LossTables, vocab_size: int,
-                 reducer: _Reducer, update_stats: bool = True):
+                 reducer: _Reducer, update_stats: bool = True, rngs: Optional[nnx.Rngs] = None):
     patches, pooled = model.features(images, train=True, update_stats=update_stats)
-    logits = model.entity_logits(patches, pooled)
+    logits = model.entity_logits(patches, pooled, rngs)
     s, c = losses.entity_bce(logits, losses.entity_targets(batch['entities'], vocab_size),
                              batch['mask'], tables.entity_pos_weights,
                              tables.label_weights[batch['abnormal']])
@@ -149,28 +161,37 @@ class TaskUpdates:
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, optim.scale_updates(updates, factor)), opt_state
 
-    def task1(self, state: TrainState, batch: dict, epoch, tables: losses.LossTables):
-        """Entity BCE on `batch` -> optimizer alpha on f_R + f_E (BatchNorm stats updated)."""
+    def task1(self, state: TrainState, batch: dict, epoch, tables: losses.LossTables,
+              key=None):
+        """Entity BCE on `batch` -> optimizer alpha on f_R + f_E (BatchNorm stats updated).
+
+        The gradient is of loss.entity_weight * L1 (the release's 0.5); the returned loss is L1.
+        `key` (the step key) drives f_E's dropout; None runs f_E without it."""
         images, _, _ = _inputs(batch, self.config.model, self.config.input)
         p_report = task2_params(state.params)
+        weight = float(self.config.loss.entity_weight)
 
         def loss_fn(p1):
             model = self._merge({**p1, **p_report}, state.batch_stats)
-            loss, _ = _entity_loss(model, images, batch, tables, self.vocab_size, self.reducer)
-            return loss, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+            loss, _ = _entity_loss(model, images, batch, tables, self.vocab_size, self.reducer,
+                                   rngs=_entity_rngs(key, _ENTITY_DROPOUT_TASK1))
+            stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+            return (loss if weight == 1.0 else weight * loss), (loss, stats)
 
         p1 = task1_params(state.params)
-        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(p1)
+        (_, (loss, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(p1)
         p1, opt1 = self._apply(self.tx1, state.opt1, p1, grads,
                                optim.epoch_lr_factor(self.config.optim.task1, epoch))
         return state.replace(params={**p1, **p_report}, batch_stats=stats, opt1=opt1), loss
 
     def task2(self, state: TrainState, batch: dict, epoch, tables: losses.LossTables, key):
-        """Report NLL on `batch` -> optimizer beta on fusion + f_T; f_R and f_E frozen."""
+        """Report NLL on `batch` -> optimizer beta on fusion + f_T; f_R and f_E frozen (still
+        in train mode: batch-statistics BatchNorm, f_E's dropout)."""
         images, tokens_in, targets = _inputs(batch, self.config.model, self.config.input)
         frozen = self._merge(state.params, state.batch_stats)
         patches, pooled = frozen.features(images, train=True, update_stats=False)
-        q = jax.nn.sigmoid(frozen.entity_logits(patches, pooled))
+        q = jax.nn.sigmoid(frozen.entity_logits(patches, pooled,
+                                                _entity_rngs(key, _ENTITY_DROPOUT_TASK2)))
         patches, q = jax.lax.stop_gradient((patches, q))
         p1 = task1_params(state.params)
 
@@ -193,7 +214,8 @@ class TaskUpdates:
         def loss_fn(params):
             model = self._merge(params, state.batch_stats)
             l1, (patches, logits) = _entity_loss(model, images, batch, tables, self.vocab_size,
-                                                 self.reducer)
+                                                 self.reducer,
+                                                 rngs=_entity_rngs(key, _ENTITY_DROPOUT_TASK1))
             l2 = _report_loss(model, patches, jax.nn.sigmoid(logits), tokens_in, targets, batch,
                               tables, self.reducer, nnx.Rngs(dropout=key))
             stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
@@ -221,7 +243,7 @@ def build_train_step(modeldef: ModelDef, config: ml_collections.ConfigDict, voca
         if axis_name is not None:  # pmap: distinct dropout masks per device
             key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
         if mode == 'alternate':
-            state, l1 = tasks.task1(state, batch_a, epoch, tables)
+            state, l1 = tasks.task1(state, batch_a, epoch, tables, key)
             state, l2 = tasks.task2(state, batch_b, epoch, tables, key)
         else:
             state, (l1, l2) = tasks.joint(state, batch_a, epoch, tables, key)

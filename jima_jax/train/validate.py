@@ -2,6 +2,9 @@
 
 Used by `--mode eval` (every metric, METEOR included, files under `<workdir>/eval/<split>/`) and
 by validation during training when `train.eval_decode` is on (no METEOR: no Java per epoch).
+Besides the reference-text metrics: `distinct_reports` for every dataset and, on the phantom
+datasets, the phantom-truth scores (`evaluation.phantom_truth`); a final evaluation (`out_dir`)
+adds the two trivial baselines (most common training report, the reference itself).
 """
 
 from __future__ import annotations
@@ -12,20 +15,14 @@ from typing import Optional
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
 from jima_jax import atomic, decode
 from jima_jax.data import pipeline as pipeline_lib
 from jima_jax.data.types import PreparedSplit
-from jima_jax.evaluation import imbalance, report as report_lib, score as score_lib
+from jima_jax.evaluation import imbalance, phantom_truth
+from jima_jax.evaluation import report as report_lib, score as score_lib
 from jima_jax.train import parallel
 
-
-def _to_host(tree):
-    """Global device arrays (or this process's host slices) -> full host arrays."""
-    if jax.process_count() == 1:
-        return jax.device_get(tree)
-    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def make_generate(s):
@@ -45,9 +42,9 @@ def generate_split(s, generate_fn, split_name: str, state) -> dict:
     tokens, logprobs, q, index = [], [], [], []
     for batch in pipe.eval_batches():
         images = parallel.put_batch({'images': batch['images']}, sharding)['images']
-        out = _to_host(generate_fn(state.params, state.batch_stats, images))
-        keep = np.asarray(_to_host(batch['mask'])) > 0
-        idx = np.asarray(_to_host(batch['index']))
+        out = parallel.to_host(generate_fn(state.params, state.batch_stats, images))
+        keep = np.asarray(parallel.to_host(batch['mask'])) > 0
+        idx = np.asarray(parallel.to_host(batch['index']))
         tokens.append(out['tokens'][keep])
         logprobs.append(out['logprobs'][keep])
         q.append(out['entity_probs'][keep])
@@ -79,6 +76,27 @@ def score_generated(s, split: PreparedSplit, generated: dict, *,
         with_meteor=with_meteor)
 
 
+def reading_results(s, split: PreparedSplit, generated: dict, *,
+                    with_baselines: bool) -> dict:
+    """Does the model read its images (`distinct_reports` comes with `score_generated`):
+    phantom-truth scores when the split stores the drawn findings (phantom datasets). With
+    `with_baselines`, distinct reports and phantom truth of the most common training report and
+    of the references, and `phantom_truth/findings` (the macro-averaged finding names, a string:
+    not for training logs)."""
+    index = generated['index']
+    out: dict = {}
+    truth = None if split.truth_labels is None else split.truth_labels[index]
+    if truth is not None:
+        out.update(phantom_truth.scores(truth, generated['reports']))
+    if with_baselines:
+        refs = [str(split.reports[k]) for k in index]
+        out.update(phantom_truth.baselines(refs, s.dataset.splits['train'].reports, truth))
+        if truth is not None:
+            out['phantom_truth/findings'] = ','.join(
+                phantom_truth.finding_key(n) for n in phantom_truth.evaluated_findings(truth))
+    return out
+
+
 def mean_logprob(tokens: np.ndarray, logprobs: np.ndarray) -> float:
     """Mean log-prob over the generated tokens (PAD positions carry 0 and are not counted)."""
     return float(np.sum(logprobs[tokens != 0]) / max(int(np.sum(tokens != 0)), 1))
@@ -102,6 +120,11 @@ def evaluate_split(s, generate_fn, split_name: str, state, *, with_meteor: bool,
         return {}
     generated = generate_split(s, generate_fn, split_name, state)
     results, notes = score_generated(s, split, generated, with_meteor=with_meteor)
+    results.update(reading_results(s, split, generated, with_baselines=out_dir is not None))
+    if split.truth_labels is not None:
+        notes = list(notes) + ['Phantom truth: generated reports read by jima_jax.data.labeler '
+                               '(uncertain = found) against the findings each image was drawn '
+                               'from.']
     if out_dir is not None and jax.process_index() == 0:
         write_predictions(out_dir / 'predictions.jsonl', split, generated)
         dataset = s.config.data.name if s.config.data.name in ('iu_xray', 'mimic_cxr') else None

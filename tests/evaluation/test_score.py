@@ -70,6 +70,7 @@ def test_cli_end_to_end(tmp_path):
     expected.update(imbalance.token_imbalance(REFS, PREDS, counts))
     expected.update(imbalance.entity_prf({i: r.split()[:2] for i, r in REFS.items()},
                                          {i: p.split()[:1] for i, p in PREDS.items()}))
+    expected.update({"count/studies": 3, "distinct_reports": 3})
     assert results == pytest.approx(expected)
     assert results["ce/micro_u1/precision"] == 2 / 3 and results["ce/micro_u0/f1"] == 1.0
     assert {p.name for p in out.iterdir()} == {"results.json", "results.md", "bucket_f1.png",

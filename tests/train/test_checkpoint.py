@@ -1,4 +1,5 @@
-"""Checkpointer: round trip, last-N + best preservation, half-written steps are never restored."""
+"""Checkpointer: round trip, last-N + best preservation, half-written steps are never restored,
+checksums of finished saves (damage itself: tests/test_faults.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -85,3 +86,21 @@ def test_checkpoint_dir_defaults_to_the_workdir_and_accepts_a_shared_path_or_gs(
     cfg.checkpoint_dir = 's3://bucket/x'
     with pytest.raises(ValueError, match='train.checkpoint_dir'):
         checkpoint.checkpoint_dir(tmp_path, cfg)
+
+
+def test_finished_saves_record_the_sha256_of_every_file(tmp_path):
+    import hashlib
+    import json
+    ck = checkpoint.Checkpointer(tmp_path, _train_cfg())
+    ck.save(1, _state(1), {'epoch': 1}, {'c': 1})
+    ck.save(2, _state(2), {'epoch': 2}, {'c': 1})  # step 1 is finished: its checksums now
+    assert (tmp_path / '1' / checkpoint.CHECKSUMS).is_file()
+    ck.close()  # and step 2's
+    for step in ('1', '2'):
+        folder = tmp_path / step
+        recorded = json.loads((folder / checkpoint.CHECKSUMS).read_text())['files']
+        files = {str(p.relative_to(folder)) for p in folder.rglob('*') if p.is_file()}
+        assert set(recorded) == files - {checkpoint.CHECKSUMS, '_CHECKPOINT_METADATA'}
+        assert {'extra/metadata', 'config/metadata', 'state/_METADATA'} <= set(recorded)
+        for name, digest in recorded.items():
+            assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest

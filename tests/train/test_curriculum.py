@@ -119,7 +119,7 @@ def test_balanced_k2_mode_ranks_by_the_balanced_scores():
 
 
 def test_release_keeps_the_easiest_with_one_ratio_driven_by_validation_bleu():
-    cur = cl.Curriculum(ccfg('jima_release', warmup_epochs=2), N, seed=0, num_epochs=10)
+    cur = cl.Curriculum(ccfg('jima_release', warmup_epochs=0), N, seed=0, num_epochs=10)
     assert cur.measure == 'val/BLEU_4'
     cur.observe(0, scores(0), {'val/BLEU_4': 0.10})
     cur.observe(1, scores(1), {'val/BLEU_4': 0.12})  # +20% -> c = 0.8
@@ -131,6 +131,25 @@ def test_release_keeps_the_easiest_with_one_ratio_driven_by_validation_bleu():
     assert cur.ratios() == (1.0, 1.0)
     with pytest.raises(ValueError, match='val/BLEU_4'):
         cur.observe(3, scores(3), {'val/loss/report': 2.0})
+
+
+def test_release_scores_first_at_epoch_10_and_selects_from_epoch_12():
+    """The authors' code: 10 warm-up epochs, then s_0 and s_1 in epochs 10 and 11 (0-based),
+    still on everything; the paper's rule takes them in the warm-up's last two epochs (8, 9)."""
+    everything = np.arange(N)
+    for schedule, first, start in (('jima_release', 10, 12), ('jima', 8, 10)):
+        cur = cl.Curriculum(ccfg(schedule, warmup_epochs=10, measure='val/BLEU_4'), N, seed=0,
+                            num_epochs=16)  # rising BLEU: c < 1 at the first selection
+        assert [e for e in range(16) if cur.scores_due(e)] == list(range(first, 15))
+        for epoch in range(first, start):
+            cur.observe(epoch, scores(epoch), {'val/BLEU_4': 0.1 + 0.01 * epoch})
+            kept = cur.kept(epoch + 1)[1]
+            if epoch + 1 < start:
+                assert not cur.c_history
+                np.testing.assert_array_equal(kept, everything)
+            else:
+                assert cur.c_history[0][0] == start and len(kept) < N
+                np.testing.assert_array_equal(cur.kept(start - 1)[1], everything)
 
 
 def test_a_validation_loss_measure_enters_as_exp_minus_loss():

@@ -193,6 +193,7 @@ def test_memory_scheduler_gives_the_same_step_bit_for_bit():
     # the paper shape); here it must change nothing but the op order.
     env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
     env['PYTHONHASHSEED'] = '0'
+    env['JAX_PLATFORMS'] = 'cpu'  # the flag is for XLA:CPU only
     out = _probe(_SCHEDULE_PROBE, ('memory', 'concurrency'), env, timeout=600)
     assert out['memory']['loss'] == out['concurrency']['loss']
     assert out['memory']['params'] == out['concurrency']['params']
@@ -202,6 +203,7 @@ def test_memory_scheduler_gives_the_same_step_bit_for_bit():
 
 def test_cpu_scheduler_goes_into_xla_flags_unless_the_user_set_it(monkeypatch):
     c = _config()
+    monkeypatch.setenv('JAX_PLATFORMS', 'cpu')  # the flag is for XLA:CPU only
     monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
     parallel.use_cpu_scheduler(c.parallel)
     assert os.environ['XLA_FLAGS'] == ('--xla_force_host_platform_device_count=8 '

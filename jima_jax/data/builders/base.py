@@ -15,7 +15,9 @@ What it does, in `_split_generators` (text side, all studies at once) and `_gene
 
 Subclassing (one small class per dataset): set `name` (the `data.name` it serves) and, if the
 source is not `sources.get_studies`, override `studies(dl_manager)`. Set `DEVICES_ARE_ABNORMAL`
-to choose the labeler fallback convention (see `labeler.is_abnormal`). Subclasses are kept out of
+to choose the labeler fallback convention (see `labeler.is_abnormal`). A source that knows each
+study's true findings (the phantoms) sets `TRUTH_COLUMNS` and overrides `truth_labels(study)`;
+the rows are stored as the `truth_labels` feature. Subclasses are kept out of
 the global tfds registry (no name clashes with tfds' own catalogue) and found with
 `builder_class(name)` instead.
 """
@@ -49,6 +51,7 @@ class Row:
     abnormal: int
     labels: np.ndarray  # int8[14]
     load_views: Optional[Callable[[], Sequence[np.ndarray]]]
+    truth: Optional[np.ndarray] = None  # int8[len(TRUTH_COLUMNS)] when the builder has them
 
 
 def fit_views(views: Sequence[np.ndarray], num_views: int, size: int) -> np.ndarray:
@@ -85,6 +88,7 @@ class StudyBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial jima_jax prepared format."}
     DEVICES_ARE_ABNORMAL = True
+    TRUTH_COLUMNS: tuple[str, ...] = ()  # names of the `truth_labels` columns; () = none stored
 
     def __init_subclass__(cls, **kwargs):
         kwargs.setdefault("skip_registration", True)
@@ -104,6 +108,11 @@ class StudyBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         del dl_manager
         return sources.get_studies(self.data_cfg)
 
+    def truth_labels(self, study: RawStudy) -> Optional[np.ndarray]:
+        """The study's true findings as a row over TRUTH_COLUMNS (used only when that is set)."""
+        del study
+        return None
+
     # ------------------------------------------------------------------ tfds hooks
     def _info(self) -> tfds.core.DatasetInfo:
         c = self.data_cfg
@@ -116,6 +125,9 @@ class StudyBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             "abnormal": tfds.features.Scalar(dtype=np.int32),
             "labels": tfds.features.Tensor(shape=(NUM_OBSERVATIONS,), dtype=np.int32),
         }
+        if self.TRUTH_COLUMNS:
+            features["truth_labels"] = tfds.features.Tensor(shape=(len(self.TRUTH_COLUMNS),),
+                                                            dtype=np.int32)
         if not c.reports_only:
             features["images"] = tfds.features.Tensor(
                 shape=(c.num_views, c.image_size, c.image_size), dtype=np.uint8,
@@ -135,6 +147,8 @@ class StudyBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             example = dict(id=row.id, report=row.report, tokens=row.tokens, length=row.length,
                            entities=row.entities, abnormal=row.abnormal,
                            labels=row.labels.astype(np.int32))
+            if self.TRUTH_COLUMNS:
+                example["truth_labels"] = row.truth.astype(np.int32)
             if not c.reports_only:
                 try:
                     if row.load_views is None:
@@ -192,7 +206,8 @@ class StudyBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 raise ValueError(f"data.abnormal_from must be 'dataset' or 'labeler', got {c.abnormal_from!r}.")
             rows[s.split].append(Row(id=s.id, report=text, tokens=tokens, length=len(ids),
                                      entities=entity_ids(words, tok, c.max_entities),
-                                     abnormal=abnormal, labels=lab, load_views=s.load_views))
+                                     abnormal=abnormal, labels=lab, load_views=s.load_views,
+                                     truth=self.truth_labels(s) if self.TRUTH_COLUMNS else None))
         return rows
 
 

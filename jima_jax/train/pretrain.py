@@ -1,0 +1,204 @@
+"""Visual pre-training: f_R learns to see before Algorithm 1 starts (`pretrain.steps`).
+
+Task 1's targets are a weak signal for a backbone trained from scratch: the entity words of a
+report ("pleural", "effusion", "pneumothorax") also stand in the negated normal sentences of
+nearly every study, so their presence says little about the image, and in the README's sweep a
+from-scratch ResNet-18 began to read the phantom images only after 800-1,600 steps. Here f_R and a
+linear head learn the labels the package's labeler reads from each TRAINING report (13 findings
+found, i.e. positive or uncertain, plus normal/abnormal) with a multi-label BCE, the classifier
+pre-training radiology report generators commonly start from. No test or validation text is used.
+
+The result is written as `<workdir>/pretrain/backbone.safetensors` in torchvision layout, the
+format `model.pretrained` reads, plus `pretrain/summary.json` (losses and per-label validation
+AUC, the evidence that the backbone sees). `train_and_evaluate` runs it first when
+`pretrain.steps > 0` and the run starts fresh; `--mode pretrain` runs it alone.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from jima_jax import atomic, torch_files
+from jima_jax.data import pipeline as pipeline_lib, prepare
+from jima_jax.data.types import LABEL_POSITIVE, LABEL_UNCERTAIN, OBSERVATIONS, PreparedSplit
+from jima_jax.model import jima, layers, resnet
+from jima_jax.train import parallel, step as step_lib
+
+TARGETS = OBSERVATIONS[1:] + ('abnormal',)  # "No Finding" is the complement of `abnormal`
+BACKBONE_FILE = 'backbone.safetensors'
+_STREAM = 2  # its own shuffling stream, apart from Task 1's (0) and Task 2's (1)
+
+
+def label_targets(split: PreparedSplit) -> np.ndarray:
+    """float32 [N, 14]: each finding positive-or-uncertain in the report, then abnormal."""
+    found = np.isin(split.labels[:, 1:], (LABEL_POSITIVE, LABEL_UNCERTAIN))
+    return np.concatenate([found, split.abnormal[:, None] > 0], axis=1).astype(np.float32)
+
+
+def backbone_path(workdir) -> pathlib.Path:
+    return pathlib.Path(workdir) / 'pretrain' / BACKBONE_FILE
+
+
+def check_config(pcfg) -> None:
+    for key, low in (('steps', 0), ('batch_size', 1), ('log_every_steps', 1)):
+        if int(pcfg[key]) < low:
+            raise ValueError(f'pretrain.{key}={pcfg[key]}: expected an integer >= {low}.')
+    if not float(pcfg.lr) > 0:
+        raise ValueError(f'pretrain.lr={pcfg.lr}: expected a positive learning rate.')
+
+
+class LabelNet(nnx.Module):
+    """f_R exactly as JIMA builds it, views pooled and concatenated as in `JIMA.features`, and a
+    linear multi-label head."""
+
+    def __init__(self, mcfg, num_views: int, num_targets: int, *, rngs: nnx.Rngs):
+        self.visual = resnet.ResNet(
+            mcfg.backbone, in_channels=mcfg.in_channels, freeze_bn_stats=mcfg.freeze_bn_stats,
+            conv_impl=layers.resolve_conv_impl(mcfg.conv_impl), remat=mcfg.remat_backbone,
+            dtype=jima.compute_dtype(mcfg.dtype), rngs=rngs)
+        self.head = nnx.Linear(self.visual.feature_dim * num_views, num_targets, rngs=rngs)
+
+    def __call__(self, images, train: bool):
+        b, v, h, w, c = images.shape
+        fmap = self.visual(images.reshape(b * v, h, w, c), train)
+        pooled = jnp.mean(fmap.astype(jnp.float32), axis=(1, 2)).reshape(b, -1)
+        return self.head(pooled)
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (ties count half); nan without both classes."""
+    pos, neg = scores[labels > 0], scores[labels <= 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return float('nan')
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (len(pos) * len(neg)))
+
+
+def pretrain(config: ml_collections.ConfigDict, workdir) -> pathlib.Path:
+    """Trains f_R on the training reports' labels; writes and returns the backbone file."""
+    pcfg, mcfg = config.pretrain, config.model
+    check_config(pcfg)
+    dataset = prepare.load_prepared(config.data)
+    train = dataset.splits['train']
+    mesh = parallel.make_mesh(config.parallel)
+    icfg = ml_collections.ConfigDict(config.input.to_dict())
+    icfg.batch_size = int(pcfg.batch_size)
+    parallel.check_batch_size(icfg.batch_size, mesh, 'pretrain.batch_size')
+    net = LabelNet(mcfg, config.data.num_views, len(TARGETS),
+                   rngs=nnx.Rngs(params=config.seed))
+    modeldef, params, stats = step_lib.split_model(net)
+    tx = optax.adam(float(pcfg.lr))
+    rep, batch_sh = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    params, stats = jax.device_put((params, stats), rep)
+    opt = jax.device_put(tx.init(params), rep)
+    targets_all = label_targets(train)
+
+    def forward(p, s, images, train_mode):
+        model = modeldef.merge(p, s)
+        x = jima.normalize_images(images, icfg.mean, icfg.std, mcfg.in_channels)
+        logits = model(x.astype(jima.compute_dtype(mcfg.dtype)), train_mode)
+        return logits.astype(jnp.float32), nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+
+    def step(p, s, o, images, targets):
+        def loss_fn(p):
+            logits, new_s = forward(p, s, images, True)
+            return optax.sigmoid_binary_cross_entropy(logits, targets).mean(), new_s
+        (loss, s), grads = jax.value_and_grad(loss_fn, has_aux=True)(p)
+        updates, o = tx.update(grads, o, p)
+        return optax.apply_updates(p, updates), s, o, loss
+
+    step = jax.jit(step, in_shardings=(rep, rep, rep, batch_sh, batch_sh),
+                   out_shardings=(rep, rep, rep, rep), donate_argnums=(0, 1, 2))
+    pipe = pipeline_lib.SplitPipeline(train, icfg, seed=config.seed,
+                                      process_index=jax.process_index(),
+                                      process_count=jax.process_count())
+    kept = pipeline_lib.StreamSpec(np.arange(len(train), dtype=np.int32), _STREAM)
+    per_epoch = pipeline_lib.steps_per_epoch([kept], icfg.batch_size)
+    total, done, epoch, losses = int(pcfg.steps), 0, 0, []
+    t0 = time.perf_counter()
+    while done < total:
+        n = min(per_epoch, total - done)
+        for batch in pipe.train_batches(kept, epoch=epoch, num_steps=n):
+            b = parallel.put_batch({'images': batch['images'],
+                                    'targets': targets_all[batch['index']]}, batch_sh)
+            params, stats, opt, loss = step(params, stats, opt, b['images'], b['targets'])
+            done += 1
+            losses.append(loss)
+            if done % int(pcfg.log_every_steps) == 0 or done == total:
+                mean = float(np.mean(jax.device_get(losses)))
+                losses = []
+                rate = done * icfg.batch_size / (time.perf_counter() - t0)
+                if jax.process_index() == 0:
+                    print(f'pretrain step {done}/{total} | label BCE {mean:.4f} | '
+                          f'{rate:.1f} ex/s', flush=True)
+        epoch += 1
+
+    summary = {'steps': total, 'batch_size': icfg.batch_size, 'targets': list(TARGETS),
+               'seconds': round(time.perf_counter() - t0, 1)}
+    val = dataset.splits.get('val')
+    if val is not None and len(val):
+        summary.update(_validate(val, icfg, config, mesh, jax.jit(
+            lambda p, s, x: jax.nn.sigmoid(forward(p, s, x, False)[0])), params, stats))
+    net = modeldef.merge(jax.device_get(params), jax.device_get(stats))
+    path = backbone_path(workdir)
+    if jax.process_index() == 0:
+        meta = {'backbone': mcfg.backbone, 'source': 'jima_jax pretrain',
+                'summary': json.dumps(summary)}
+        torch_files.write_safetensors(path, resnet.torchvision_state(net.visual), meta)
+        atomic.write_text(path.parent / 'summary.json', json.dumps(summary, indent=2) + '\n')
+        auc_text = (f', validation macro AUC {summary["val/macro_auc"]:.3f}'
+                    if 'val/macro_auc' in summary else '')
+        print(f'pretrain: wrote {path}{auc_text}', flush=True)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices('jima_jax pretrain written')
+    return path
+
+
+def _validate(split, icfg, config, mesh, predict, params, stats) -> dict:
+    """Validation BCE and per-label AUC of the head: does the backbone see the findings?"""
+    pipe = pipeline_lib.SplitPipeline(split, icfg, seed=config.seed,
+                                      process_index=jax.process_index(),
+                                      process_count=jax.process_count())
+    sharding = parallel.batch_sharding(mesh)
+    probs, index = [], []
+    for batch in pipe.eval_batches():
+        images = parallel.put_batch({'images': batch['images']}, sharding)['images']
+        out = np.asarray(parallel.to_host(predict(params, stats, images)))
+        keep = np.asarray(parallel.to_host(batch['mask'])) > 0
+        probs.append(out[keep])
+        index.append(np.asarray(parallel.to_host(batch['index']))[keep])
+    probs = np.concatenate(probs)
+    targets = label_targets(split)[np.concatenate(index)]
+    eps = 1e-7
+    bce = -np.mean(targets * np.log(probs + eps) + (1 - targets) * np.log(1 - probs + eps))
+    aucs = {name: auc(probs[:, i], targets[:, i]) for i, name in enumerate(TARGETS)}
+    valid = [v for v in aucs.values() if not np.isnan(v)]
+    return {'val/bce': float(bce), 'val/macro_auc': float(np.mean(valid)) if valid else None,
+            **{f'val/auc/{k}': (None if np.isnan(v) else v) for k, v in aucs.items()}}
+
+
+def with_pretrained_backbone(config: ml_collections.ConfigDict, workdir,
+                             fresh: bool) -> ml_collections.ConfigDict:
+    """`config` with model.pretrained set to this run's pre-trained backbone (pre-training it
+    first on a fresh run); unchanged when pretrain.steps is 0 or model.pretrained is given."""
+    if int(config.pretrain.steps) <= 0 or config.model.pretrained:
+        return config
+    path = backbone_path(workdir)
+    if not path.exists():
+        if not fresh:  # a resumed run restores its trained backbone from the checkpoint
+            return config
+        pretrain(config, workdir)
+    out = ml_collections.ConfigDict(config.to_dict())
+    out.model.pretrained = str(path)
+    out.lock()
+    return out
