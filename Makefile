@@ -1,4 +1,5 @@
 # jima_jax: `make demo` (train + evaluate on the built-in phantom corpus), `make test`, `make bench`.
+# `make demo DEMO_CONFIG=configs/demo.py:long DEMO_DIR=runs/demo_long`: the recipe that reads its images.
 # Each target creates .venv on first use (Python 3.11 or 3.12 as $(PYTHON)) and installs the pinned
 # dependency set for that Python, requirements/py<XY>-cpu.txt, then jima_jax itself (editable,
 # --no-deps), so every install of one commit gets the same versions. `make deps-upgrade` re-resolves
@@ -9,6 +10,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PLATFORM ?= cpu
 DEMO_DIR ?= runs/demo
+DEMO_CONFIG ?= configs/demo.py
 PYTEST_ARGS ?= -n 2
 DEPS_PYTHONS ?= python3.11 python3.12
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
@@ -56,8 +58,8 @@ install: $(INSTALLED)
 VENV_PATH = PATH="$(abspath $(BIN)):$$PATH"
 
 demo: $(INSTALLED)
-	$(VENV_PATH) $(BIN)/python -m jima_jax.main --config configs/demo.py --workdir $(DEMO_DIR)
-	$(VENV_PATH) $(BIN)/python -m jima_jax.main --config configs/demo.py --workdir $(DEMO_DIR) --mode eval
+	$(VENV_PATH) $(BIN)/python -m jima_jax.main --config $(DEMO_CONFIG) --workdir $(DEMO_DIR)
+	$(VENV_PATH) $(BIN)/python -m jima_jax.main --config $(DEMO_CONFIG) --workdir $(DEMO_DIR) --mode eval
 
 test: $(INSTALLED)
 	$(VENV_PATH) $(BIN)/python -m pytest $(PYTEST_ARGS) tests

@@ -52,8 +52,10 @@ def suite_jobs(suite: str) -> list[dict]:
                    _job('pipeline', 'pipeline', shape='paper', num_examples=128, steps=40),
                    _job('difficulty', 'difficulty', shape='small', devices=1, num_examples=128,
                         steps=1),
-                   _job('beam_search', 'beam_search', shape='small', devices=1, steps=2),
-                   _job('beam_search', 'beam_search', shape='paper', devices=1, steps=2),
+                   _job('beam_search', 'beam_search', shape='small', devices=1, steps=2,
+                        full_length=True),
+                   _job('beam_search', 'beam_search', shape='paper', devices=1, steps=2,
+                        full_length=True),
                    _job('paper_model', 'train_step', shape='paper', devices=1,
                         variants=['fused_jit'], steps=2)])
     if suite in ('gpu', 'tpu'):
@@ -69,7 +71,7 @@ def suite_jobs(suite: str) -> list[dict]:
                    _job('difficulty', 'difficulty', shape='paper', dtype='bfloat16', batch=64,
                         devices='all', num_examples=512, steps=2),
                    _job('beam_search', 'beam_search', shape='paper', dtype='bfloat16', batch=64,
-                        devices='all', steps=5)])
+                        devices='all', steps=5, full_length=True)])
     raise ValueError(f'--suite={suite!r}: expected cpu, gpu or tpu.')
 
 

@@ -5,7 +5,7 @@ r"""Examples/s and peak host memory of the fused JIMA train step at fixed shapes
 
 Each case runs in its own subprocess so its peak resident memory (ru_maxrss) is its own. Inputs
 are random arrays of the real shapes (no dataset needed). One "example" is one study of each
-task's batch: an alternate-mode step consumes batch A + batch B = 2 x batch_size studies, each
+task's batch: a step (either mode) consumes batch A + batch B = 2 x batch_size studies, each
 with `views` images. The reference is the authors' PyTorch code on this machine: report-task step
 7.1 s + entity-task step 17.6 s at batch 16 (ResNet-101, 2 views), measured 2026-11-28.
 """
@@ -90,7 +90,7 @@ def _run_case(name: str, steps: int, mode: str, conv_impl: str, dtype: str,
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t0)
     step_s = float(np.median(times))
-    studies = spec['batch'] * (2 if mode == 'alternate' else 1)
+    studies = spec['batch'] * 2  # batch A + batch B in both modes (joint as the release's)
     return dict(
         case=name, **spec, mode=mode, conv_impl=conv_impl, dtype=dtype, remat=remat,
         xla_flags=os.environ.get('XLA_FLAGS', ''), cpu_malloc=cpu_malloc,

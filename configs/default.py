@@ -26,6 +26,10 @@ def get_config(arg=None):
     c.data.reports_only = False  # prepare text-side only (no images available)
     c.data.num_views = 2  # views per study fed to the model (IU X-ray 2, MIMIC-CXR 1)
     c.data.image_size = 256  # short side images are re-encoded to at prepare time
+    # square: each view squashed to image_size x image_size | short_side: the short side scaled to
+    # image_size (aspect kept), the central square kept (the release's Resize(256) + crop; IU X-ray
+    # and MIMIC-CXR presets). Training then random-crops input.image_size from it either way.
+    c.data.resize = 'square'
     c.data.tokenizer = 'word'  # word (R2Gen vocabulary) | unigram (sentencepiece subwords)
     c.data.min_count = 3  # word mode: keep training tokens seen at least this often (IU 3, MIMIC 10)
     c.data.vocab_size = 0  # unigram mode: target vocabulary size
@@ -63,6 +67,10 @@ def get_config(arg=None):
     c.model.freeze_bn_stats = False  # use running BatchNorm statistics also in training
     c.model.conv_impl = 'auto'  # auto | xla | im2col (im2col filter gradients; auto = on CPU)
     c.model.remat_backbone = False  # recompute backbone activations in the backward pass (memory)
+    # False = the R2Gen baseline JIMA builds on (ablation): no f_E, no q, the fusion layer projects
+    # the patches alone; one task (the report loss trains f_R with optimizer alpha's settings and
+    # fusion + f_T with beta's); curricula rank by k2 only. Everything else stays as configured.
+    c.model.entity_fusion = True
     c.model.entity_head = 'patch_linear'  # patch_linear (paper) | mlp (release: pooled->512->512->V)
     c.model.entity_mlp_dim = 512
     c.model.width = 512  # Transformer width
@@ -112,13 +120,19 @@ def get_config(arg=None):
         o.amsgrad = False
         o.decay_rate = 0.8  # learning rate x decay_rate every decay_every_epochs
         o.decay_every_epochs = 1
-        o.clip = 'none'  # none | value | norm
+        o.clip = 'none'  # none | value | norm (per optimizer; alternate mode only)
         o.clip_value = 0.1
         c.optim[name] = o
+    # joint mode: the global gradient norm over ALL parameters (both optimizers' groups) is
+    # clipped at this value, as the release's joint mode does (torch clip_grad_norm_, 1.0);
+    # optim.task*.clip are not applied there. 0 = no clipping.
+    c.optim.joint_clip_norm = 1.0
 
     # ---------------------------------------------------------------- training
     c.train = ml_collections.ConfigDict()
-    c.train.mode = 'alternate'  # alternate (Algorithm 1) | joint (release: one summed loss)
+    # alternate: Algorithm 1, Task 1 then Task 2 per step | joint: the release's --joint: one step
+    # on entity_weight * L1(batch A) + L2(batch B), L2 stopped at f_R/f_E, optim.joint_clip_norm
+    c.train.mode = 'alternate'
     c.train.num_epochs = 100
     c.train.max_steps = 0  # stop after this many steps (0 = no limit); for smoke runs
     c.train.steps_per_epoch = 0  # 0 = one pass over the (kept) training set
@@ -130,6 +144,9 @@ def get_config(arg=None):
     c.train.keep_checkpoints = 3  # the last N are kept, plus the best by best_metric
     c.train.best_metric = 'val/loss/report'
     c.train.best_mode = 'min'  # min | max
+    # Stop when best_metric has not improved for this many evaluations in a row (0 = off). The
+    # release's --early_stop 50 stops when its count exceeds 50, i.e. at 51 (its preset here).
+    c.train.early_stop_patience = 0
     c.train.eval_splits = ('val',)
     c.train.eval_decode = False  # also generate and score (BLEU, CE, ...) at each validation
     c.train.profile = False
@@ -193,8 +210,10 @@ def use_release_recipe(c, *, decay_rate: float, decay_every_epochs: int) -> None
     MLP entity head with dropout 0.1, fusion dropout 0.5, entity loss x0.5 (both train modes),
     AMSGrad + weight decay, value clipping, per-group learning rates, the easiest-first
     shared-ratio curriculum driven by validation BLEU-4 (warm-up 10, first scored at epoch 10,
-    selecting from epoch 12; floor 0.1), best checkpoint by BLEU-4. Only the learning-rate decay
-    differs per dataset."""
+    selecting from epoch 12; floor 0.1), best checkpoint by BLEU-4, early stopping after 50
+    evaluations without improvement (the release's count). `train.mode=joint` is the release's
+    --joint (global-norm clip optim.joint_clip_norm=1.0 instead of the value clip). Only the
+    learning-rate decay differs per dataset."""
     c.model.entity_head = 'mlp'
     c.model.entity_dropout = 0.1
     c.model.fusion_dropout = 0.5
@@ -211,6 +230,13 @@ def use_release_recipe(c, *, decay_rate: float, decay_every_epochs: int) -> None
     c.curriculum.schedule = 'jima_release'
     c.curriculum.warmup_epochs = 10
     c.curriculum.floor = 0.1
+    c.train.early_stop_patience = 51  # the release's --early_stop 50: stops once its count > 50
+    select_by_val_bleu4(c)
+
+
+def select_by_val_bleu4(c) -> None:
+    """The paper's and the release's checkpoint selection: the best validation BLEU-4 (reports are
+    generated at every validation); `--mode eval` scores that checkpoint by default."""
     c.train.eval_decode = True
     c.train.best_metric = 'val/BLEU_4'
     c.train.best_mode = 'max'

@@ -34,6 +34,8 @@ def get_config(arg=None):
     c.decode.max_len = 60
     c.curriculum.schedule = 'jima'
     c.curriculum.warmup_epochs = 30
+    if variant == 'paper':
+        default.select_by_val_bleu4(c)  # best by val BLEU-4, as R2Gen and the release pick it
     if variant == 'small':
         c.data.num_views = 1  # the frontal view
         c.data.image_size = 56

@@ -22,6 +22,7 @@ def get_config(arg=None):
     c.data.num_views = 2
     c.data.min_count = 3
     c.data.max_len = 60
+    c.data.resize = 'short_side'  # the release's aspect-preserving resize, then crop
     c.data.abnormal_from = 'dataset'  # MeSH "normal" from the OpenI XML
     c.input.batch_size = 16
     c.input.flip = True  # R2Gen's RandomHorizontalFlip, for parity with published numbers
@@ -32,6 +33,7 @@ def get_config(arg=None):
     c.decode.max_len = 60
     c.curriculum.schedule = 'jima'
     c.curriculum.warmup_epochs = 30  # 30 regular + 70 curriculum epochs
+    default.select_by_val_bleu4(c)  # best by val BLEU-4, as R2Gen and the release pick it
     if variant == 'release':
         default.use_release_recipe(c, decay_rate=0.1, decay_every_epochs=50)
     return c

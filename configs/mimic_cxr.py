@@ -21,6 +21,7 @@ def get_config(arg=None):
     c.data.num_views = 1
     c.data.min_count = 10
     c.data.max_len = 100
+    c.data.resize = 'short_side'  # the release's aspect-preserving resize, then crop
     c.data.abnormal_from = 'labeler'  # normal iff No Finding
     c.input.batch_size = 16
     c.input.flip = True
@@ -29,6 +30,7 @@ def get_config(arg=None):
     c.train.num_epochs = 60
     c.curriculum.schedule = 'jima'
     c.curriculum.warmup_epochs = 10  # 10 regular + 50 curriculum epochs
+    default.select_by_val_bleu4(c)  # best by val BLEU-4, as R2Gen and the release pick it
     c.decode.beam_size = 3
     c.decode.max_len = 100
     if variant == 'release':

@@ -24,6 +24,9 @@ micro F1 over the 13 CheXpert findings present, and recall of abnormal studies. 
 figures are close to, not identical with, these.)
 
 Results of the 2026-12-04 sweep on an H200: experiments/results/reading_sweep.{jsonl,md,png}.
+The `joint` rows there were measured with the joint mode of that morning (one batch, report loss
+reaching f_R); `train.mode=joint` now follows the release (two batches, report gradients stopped
+at f_R/f_E), so those rows describe the old mode.
 """
 
 from __future__ import annotations
@@ -157,7 +160,6 @@ def run(args) -> None:
         gen = jax.jit(decode.make_generate_fn(modeldef, config, ds.vocab_size))
         steps_per_epoch = max(1, n_train // b)
         rng = np.random.default_rng(config.seed)
-        joint = config.train.mode == 'joint'
         orders = {}
         t0 = time.perf_counter()
         train_time = 0.0
@@ -269,7 +271,7 @@ def run(args) -> None:
             if step < warmup:
                 state, metrics = warm_step(state, parts[0], np.int32(epoch), tables)
             else:
-                state, metrics = train_step(state, parts[0], parts[0] if joint else parts[1],
+                state, metrics = train_step(state, parts[0], parts[1],  # joint: A and B too
                                             np.int32(epoch), tables)
             if step + 1 in eval_at:
                 jax.block_until_ready(state)

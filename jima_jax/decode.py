@@ -258,8 +258,9 @@ def beam_search(step_fn: StepFn, init_cache, batch_size: int, *, beam_size: int,
 
 def make_generate_fn(modeldef, config: ml_collections.ConfigDict, vocab_size: int) -> Callable:
     """(params, batch_stats, images uint8 [B, V, H, W]) -> dict(tokens, scores, logprobs,
-    entity_probs [B, vocab]): the whole generation path (f_R, f_E, encoder, search) as one pure
-    function for the caller to jit with its shardings. `modeldef` is a `train.step.ModelDef`.
+    entity_probs [B, vocab], absent without entity fusion): the whole generation path (f_R, f_E,
+    encoder, search) as one pure function for the caller to jit with its shardings. `modeldef`
+    is a `train.step.ModelDef`.
 
     Uses config.decode.{beam_size, max_len, length_penalty, block_trigrams}; beam size 1 runs
     `greedy_search`."""
@@ -274,7 +275,9 @@ def make_generate_fn(modeldef, config: ml_collections.ConfigDict, vocab_size: in
         model = modeldef.merge(params, batch_stats)
         x = jima.normalize_images(images, icfg.mean, icfg.std, mcfg.in_channels)
         patches, pooled = model.features(x.astype(jima.compute_dtype(mcfg.dtype)), train=False)
-        q = jax.nn.sigmoid(model.entity_logits(patches, pooled).astype(jnp.float32))
+        q = None  # the R2Gen baseline (model.entity_fusion=False) has no f_E
+        if model.entity_fusion:
+            q = jax.nn.sigmoid(model.entity_logits(patches, pooled).astype(jnp.float32))
         decoder = model.report.transformer
         _check_max_len(max_len, decoder.max_len)
         cache = decoder.init_cache(model.report.memory(patches, q, None), max_len)
@@ -283,7 +286,7 @@ def make_generate_fn(modeldef, config: ml_collections.ConfigDict, vocab_size: in
         else:
             step_fn, carried = hoist_cross_attention(decoder.decode_step, cache, beam_size)
             out = beam_search(step_fn, carried, images.shape[0], beam_size=beam_size, **search)
-        return {**out, 'entity_probs': q}
+        return out if q is None else {**out, 'entity_probs': q}
 
     return generate
 

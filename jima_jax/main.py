@@ -32,8 +32,9 @@ _MODE = flags.DEFINE_enum('mode', 'train', ['prepare', 'pretrain', 'train', 'eva
                           'What to do.')
 _SPLIT = flags.DEFINE_string('split', None, 'eval: the split to score (default test); predict: '
                              'generate for a prepared split instead of image files.')
-_CHECKPOINT = flags.DEFINE_string('checkpoint', 'latest',
-                                  'eval/predict: latest, best (by train.best_metric) or a step.')
+_CHECKPOINT = flags.DEFINE_string('checkpoint', 'auto',
+                                  'eval/predict: auto (best when one was recorded, else latest), '
+                                  'latest, best (by train.best_metric) or a step.')
 _IMAGES = flags.DEFINE_multi_string('images', [], 'predict: one study, its view files joined by '
                                     'commas (frontal first); repeat the flag per study.')
 _IMAGE_LIST = flags.DEFINE_string('image_list', None, 'predict: a file of studies, JSON lines '
@@ -98,6 +99,11 @@ def _run(argv):
         return
     if not _WORKDIR.value:
         raise app.UsageError(f'--workdir is required for --mode={_MODE.value}.')
+    if _MODE.value in ('eval', 'predict'):  # the model the run trained, not a re-typed one
+        from jima_jax import run_config
+        config, taken = run_config.apply_saved(config, _WORKDIR.value, sys.argv, _MODE.value)
+        if taken:
+            print(f'{_WORKDIR.value}/config.json: using the run\'s {", ".join(taken)}', flush=True)
     from jima_jax.train import parallel
     try:
         parallel.configure_cpu_host(config.parallel)  # before JAX starts its backends

@@ -3,7 +3,7 @@
 Studies come from `--images a.png,b.png` (one flag per study, views in order) or an `--image_list`
 file: JSON lines `{"id": ..., "images": [...]}`, or plain lines `path[,path...]` (the id is the
 first file's name without its suffix). Images go through the same steps as prepared data (any
-PNG/JPEG mode -> grayscale, square resize to `data.image_size`, then the eval-time resize to
+PNG/JPEG mode -> grayscale, resize to `data.image_size` as `data.resize` says, then the eval-time resize to
 `input.image_size`), so a checkpoint sees what it was trained on. Output: one JSON line per study,
 `id`, `images`, `report`, `mean_logprob` (and `token_logprobs` on request: one per generated
 token, the end-of-report token included).
@@ -73,7 +73,7 @@ def _from_paths(paths: Sequence[str], where: str) -> tuple[str, list[str]]:
 
 
 def studies_as_split(studies: list[tuple[str, list[str]]], num_views: int, image_size: int,
-                     max_len: int, max_entities: int) -> PreparedSplit:
+                     max_len: int, max_entities: int, resize: str = 'square') -> PreparedSplit:
     """A reference-free PreparedSplit (empty reports, no labels) the eval pipeline can read.
 
     A study with fewer views than `data.num_views` repeats its last view, as at prepare time.
@@ -82,7 +82,7 @@ def studies_as_split(studies: list[tuple[str, list[str]]], num_views: int, image
     for i, (sid, paths) in enumerate(studies):
         try:
             images[i] = base.fit_views([sources.read_grayscale(p) for p in paths], num_views,
-                                       image_size)
+                                       image_size, resize)
         except ValueError as e:
             raise ValueError(f'study {sid}: {e}') from e
     n = len(studies)
@@ -107,7 +107,7 @@ def write_predictions(path: pathlib.Path, generated: dict, images: dict[str, lis
 
 
 def predict(config, workdir: str, *, images: Sequence[str] = (), image_list: Optional[str] = None,
-            split: Optional[str] = None, which: str = 'latest', output: Optional[str] = None,
+            split: Optional[str] = None, which: str = 'auto', output: Optional[str] = None,
             with_token_logprobs: bool = False) -> pathlib.Path:
     """Generates reports with a checkpoint of `workdir`; returns the predictions.jsonl path."""
     from jima_jax.train import loop
@@ -126,7 +126,8 @@ def predict(config, workdir: str, *, images: Sequence[str] = (), image_list: Opt
         else:
             s.dataset.splits[PREDICT_SPLIT] = studies_as_split(
                 studies, config.data.num_views, int(config.data.image_size),
-                int(config.data.max_len), int(config.data.max_entities))
+                int(config.data.max_len), int(config.data.max_entities),
+                config.data.get('resize', 'square'))
             name, paths = PREDICT_SPLIT, dict(studies)
         generated = validate.generate_split(s, validate.make_generate(s), name, s.state)
     finally:

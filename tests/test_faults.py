@@ -249,11 +249,23 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_earlier_ones(small, monk
     ck = checkpoint.Checkpointer(small, _train_cfg())
     assert sorted(ck.manager.all_steps()) == [2, 4]
     _assert_state(ck.restore(_abstract(_state(4)))[0], 4)
-    # with space again, the same step saves and reads back
-    ck.save(6, _state(6), _extra(6), {'seed': 6})
-    ck.wait()
-    _assert_state(ck.restore(_abstract(_state(6)))[0], 6)
     ck.close()
+    # with space again, the rerun (a new process, as after the exit-2 error) saves step 6 anew
+    from tests.helpers import run_python
+    rerun = run_python(f'''
+import json, numpy as np, jax
+from jima_jax.train import checkpoint
+from tests.test_faults import _abstract, _extra, _state, _train_cfg
+ck = checkpoint.Checkpointer({str(small)!r}, _train_cfg())
+ck.save(6, _state(6), _extra(6), {{'seed': 6}})
+ck.wait()
+state, extra = ck.restore(_abstract(_state(6)))
+ck.close()
+same = all(np.array_equal(np.asarray(a), np.asarray(b))
+           for a, b in zip(jax.tree.leaves(_state(6)), jax.tree.leaves(state)))
+print(json.dumps({{'steps': sorted(ck.manager.all_steps()), 'same': same, 'extra': extra}}))
+''', timeout=300)
+    assert rerun == {'steps': [2, 4, 6], 'same': True, 'extra': _extra(6)}
     assert not list(small.glob('6.orbax-checkpoint-tmp*'))
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from jima_jax.data import builders, tables as tables_lib
-from jima_jax.data.builders.base import TOKENIZER_FILE
+from jima_jax.data.builders.base import TOKENIZER_FILE, check_resize
 from jima_jax.data.tokenizer import Tokenizer
 from jima_jax.data.types import (NUM_OBSERVATIONS, SPLITS, PreparedDataset, PreparedSplit)
 
@@ -56,6 +56,9 @@ def _fingerprint_inputs(data_cfg) -> dict[str, Any]:
     keys = _KEYS + (() if data_cfg.reports_only else _IMAGE_KEYS)
     out = {k: data_cfg[k] for k in keys}
     out["skip_bad_studies"] = bool(getattr(data_cfg, "skip_bad_studies", False))
+    resize = check_resize(data_cfg.get("resize", "square"))
+    if resize != "square" and not data_cfg.reports_only:  # square: fingerprints as before
+        out["resize"] = resize
     if data_cfg.name in ("phantom", "iu_phantom"):
         from jima_jax.data import phantom_corpus  # the phantom format has its own version
         out["phantom"] = data_cfg.phantom.to_dict()

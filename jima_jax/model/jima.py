@@ -3,6 +3,10 @@
 The three top-level attributes `visual`, `entity` and `report` are the parameter groups the two
 tasks of Algorithm 1 update: Task 1 trains `visual` + `entity` on the entity loss, Task 2 trains
 `report` (fusion layer + encoder-decoder) on the report loss with the other two frozen.
+
+`model.entity_fusion=False` builds the model JIMA extends, R2Gen-style: no `entity` group, and the
+fusion layer projects the patch features alone (Linear(d -> width) + ReLU + dropout, R2Gen's
+att_embed), so every experiment can compare JIMA with the same network without f_E and q.
 """
 
 from __future__ import annotations
@@ -62,6 +66,15 @@ def _rate(cfg: ml_collections.ConfigDict, key: str, default: float) -> float:
     return rate
 
 
+def entity_fusion(cfg: ml_collections.ConfigDict) -> bool:
+    """model.entity_fusion: JIMA (True) or the R2Gen baseline without f_E and q (False)."""
+    value = cfg.get('entity_fusion', True)
+    if not isinstance(value, bool):
+        raise ValueError(f'model.entity_fusion={value!r}: expected True (JIMA) or False (the '
+                         'R2Gen baseline).')
+    return value
+
+
 def fusion_dropout(cfg: ml_collections.ConfigDict) -> float:
     """Dropout after the fusion projection: model.fusion_dropout, or model.dropout when < 0."""
     rate = float(cfg.get('fusion_dropout', -1.0))
@@ -69,12 +82,14 @@ def fusion_dropout(cfg: ml_collections.ConfigDict) -> float:
 
 
 class ReportGenerator(nnx.Module):
-    """Cross-concatenation fusion of patches and the entity distribution, then f_T."""
+    """Cross-concatenation fusion of patches and the entity distribution, then f_T (without
+    entity fusion: the patches alone are projected, and every `q` is None)."""
 
     def __init__(self, feature_dim: int, vocab_size: int, cfg: ml_collections.ConfigDict,
                  max_len: int, *, rngs: nnx.Rngs):
         dtype = compute_dtype(cfg.dtype)
-        self.fusion = nnx.Linear(feature_dim + vocab_size, cfg.width, dtype=dtype, rngs=rngs)
+        fused = feature_dim + (vocab_size if entity_fusion(cfg) else 0)
+        self.fusion = nnx.Linear(fused, cfg.width, dtype=dtype, rngs=rngs)
         self.transformer = transformer.EncoderDecoder(
             vocab_size=vocab_size, width=cfg.width, heads=cfg.num_heads, hidden=cfg.ffn_dim,
             encoder_layers=cfg.num_encoder_layers, decoder_layers=cfg.num_decoder_layers,
@@ -83,7 +98,10 @@ class ReportGenerator(nnx.Module):
         self.dtype = dtype
 
     def fuse(self, patches, q):
-        """S = concat(X, q) * concat(q, X) per patch, then Linear + ReLU (+ dropout later)."""
+        """S = concat(X, q) * concat(q, X) per patch, then Linear + ReLU (+ dropout later);
+        q None (the R2Gen baseline): Linear + ReLU of X."""
+        if q is None:
+            return jax.nn.relu(self.fusion(patches.astype(self.dtype)))
         q = jnp.broadcast_to(q[:, None, :].astype(patches.dtype),
                              patches.shape[:2] + q.shape[-1:])
         s = jnp.concatenate([patches, q], -1) * jnp.concatenate([q, patches], -1)
@@ -108,14 +126,15 @@ class JIMA(nnx.Module):
             conv_impl=layers.resolve_conv_impl(cfg.conv_impl), remat=cfg.remat_backbone,
             dtype=dtype, rngs=rngs)
         d = self.visual.feature_dim
-        if cfg.entity_head == 'patch_linear':
-            self.entity = PatchLinearEntityHead(d, vocab_size, rngs=rngs)
-        elif cfg.entity_head == 'mlp':
-            self.entity = MLPEntityHead(d * num_views, cfg.entity_mlp_dim, vocab_size,
-                                        dropout=_rate(cfg, 'entity_dropout', 0.0), rngs=rngs)
-        else:
+        self.entity_fusion = entity_fusion(cfg)
+        if cfg.entity_head not in ('patch_linear', 'mlp'):
             raise ValueError(f"model.entity_head={cfg.entity_head!r}: expected 'patch_linear' "
                              "or 'mlp'.")
+        if self.entity_fusion and cfg.entity_head == 'patch_linear':
+            self.entity = PatchLinearEntityHead(d, vocab_size, rngs=rngs)
+        elif self.entity_fusion:
+            self.entity = MLPEntityHead(d * num_views, cfg.entity_mlp_dim, vocab_size,
+                                        dropout=_rate(cfg, 'entity_dropout', 0.0), rngs=rngs)
         self.report = ReportGenerator(d, vocab_size, cfg, max_len, rngs=rngs)
         self.num_views = num_views
         self.vocab_size = vocab_size
@@ -131,12 +150,18 @@ class JIMA(nnx.Module):
 
     def entity_logits(self, patches, pooled, rngs: Optional[nnx.Rngs] = None):
         """Entity logits [B, |V|]; `rngs` (training only) drives the mlp head's dropout."""
+        if not self.entity_fusion:
+            raise ValueError('model.entity_fusion=False: the R2Gen baseline has no entity '
+                             'extractor f_E, so no entity logits.')
         return self.entity(patches, pooled, rngs)
 
     def __call__(self, images, tokens_in, train: bool = False,
                  rngs: Optional[nnx.Rngs] = None):
-        """Full forward: entity logits [B, V] and report logits [B, L, V]."""
+        """Full forward: entity logits [B, V] (None without entity fusion) and report logits
+        [B, L, V]."""
         patches, pooled = self.features(images, train)
+        if not self.entity_fusion:
+            return None, self.report(patches, None, tokens_in, rngs)
         ent = self.entity_logits(patches, pooled, rngs)
         return ent, self.report(patches, jax.nn.sigmoid(ent), tokens_in, rngs)
 

@@ -17,6 +17,8 @@ the scores (and the validation metrics) to `observe`, and checkpoints `state_dic
 - `anti`: the same fixed linear pace, hardest fraction kept (anti-curriculum).
 
 Every schedule starts with `warmup_epochs` on everything and ranks by the same model-based k1/k2.
+The R2Gen baseline (model.entity_fusion=False, `entity_task=False`) has no Task 1 and no k1: every
+schedule then runs on k2 alone (s1 = s2, kept1 = kept2; only the Task-2 set is trained on).
 Scoring runs at the end of the last two warm-up epochs (s_0, s_1 with c(s_0) = 1; `jima_release`:
 the two epochs after them, also on everything) and then every `rescore_every_epochs`; the kept
 sets change only when scores are renewed. Selection is a pure
@@ -133,7 +135,7 @@ class Curriculum:
     """Schedule state: difficulties, s and c histories, the kept sets and the epoch they start."""
 
     def __init__(self, ccfg, num_train: int, *, seed: int, num_epochs: int,
-                 composition: Optional[Composition] = None):
+                 composition: Optional[Composition] = None, entity_task: bool = True):
         if ccfg.schedule not in SCHEDULES:
             raise ValueError(f'curriculum.schedule={ccfg.schedule!r} is not available; choose one '
                              f'of {SCHEDULES}.')
@@ -146,6 +148,7 @@ class Curriculum:
                              'be >= 1.')
         self.schedule = ccfg.schedule
         self.rule = _RULES.get(self.schedule)
+        self.entity_task = bool(entity_task)  # False: the R2Gen baseline, ranked by k2 alone
         self.num_train = num_train
         self.seed = int(seed)
         self.num_epochs = int(num_epochs)
@@ -240,6 +243,13 @@ class Curriculum:
         k1 = np.asarray(difficulty.k1, np.float32)
         k2 = np.asarray(difficulty.k2(self.k2_mode), np.float32)
         has = np.asarray(difficulty.has_entities, bool)
+        if not self.entity_task:  # no Task 1: k2 ranks (and s measures) both sets
+            k1, has = k2, np.ones_like(has)
+        elif not difficulty.measures_k1:
+            raise ValueError('curriculum: the difficulty scores have no k1 (scored with '
+                             'model.entity_fusion=False, which has no entity extractor) but this '
+                             'curriculum was built for both tasks; build it with '
+                             'entity_task=False.')
         s1, s2 = self._measure(k1, k2, has, metrics or {})
         previous = self.s_history[-1] if self.s_history else None
         self.s_history.append([int(epoch), s1, s2])
@@ -270,7 +280,8 @@ class Curriculum:
                'curriculum/kept1': float(len(kept1)), 'curriculum/kept2': float(len(kept2))}
         if self.k1 is not None:
             has = self.has_entities
-            out['curriculum/k1_mean'] = float(self.k1[has].mean()) if has.any() else 0.0
+            if self.entity_task:
+                out['curriculum/k1_mean'] = float(self.k1[has].mean()) if has.any() else 0.0
             out['curriculum/k2_mean'] = float(self.k2.mean())
             out['curriculum/s1'], out['curriculum/s2'] = self.s_history[-1][1:]
         if self.composition is not None:

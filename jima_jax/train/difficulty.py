@@ -9,7 +9,9 @@ them, so the order is the one of the probabilities, without the float ties that 
 probabilities would add. Ties count in the example's favour.
 
 - k1: mean over the example's gold entities e_i of Rank(q, q[e_i]) / |V|; 0 for an example without
-  entities (as the authors' release does).
+  entities (as the authors' release does). The R2Gen baseline (model.entity_fusion=False) has no
+  q: its k1 is NaN and `has_entities` False everywhere (`Difficulty.measures_k1`), and the
+  curriculum ranks both of its sets by k2.
 - k2 ('all'): mean over the reference's report tokens (targets other than PAD and EOS) of
   Rank(P_i, P_i[z_i]) / |V|.
 - k2 ('balanced'): the mean of the entity-token mean and the non-entity-token mean (a token is an
@@ -44,6 +46,11 @@ class Difficulty:
     k2_balanced: np.ndarray  # [N] float32
     has_entities: np.ndarray  # [N] bool: k1 is measured (not the entity-less 0)
 
+    @property
+    def measures_k1(self) -> bool:
+        """False for scores of the R2Gen baseline (no f_E: k1 is NaN throughout)."""
+        return not (len(self.k1) and bool(np.all(np.isnan(self.k1))))
+
     def k2(self, mode: str) -> np.ndarray:
         if mode not in K2_MODES:
             raise ValueError(f'curriculum.k2_mode={mode!r}: expected one of {K2_MODES}.')
@@ -70,15 +77,20 @@ def example_difficulty(entity_logits: jax.Array, report_logits: jax.Array, targe
                        entities: jax.Array) -> dict[str, jax.Array]:
     """k1, k2 (both forms) per example from one batch's logits.
 
-    entity_logits [B, V]; report_logits [B, L, V] (teacher-forced); targets [B, L] int;
+    entity_logits [B, V], or None (the R2Gen baseline: k1 NaN, has_entities False);
+    report_logits [B, L, V] (teacher-forced); targets [B, L] int;
     entities [B, E] int, -1 padded.
     """
-    vocab = entity_logits.shape[-1]
+    vocab = report_logits.shape[-1]
     has = entities >= 0
-    safe = jnp.where(has, entities, 0)
-    ref1 = jnp.take_along_axis(entity_logits, safe, axis=-1)  # [B, E]
-    rank1 = reference_rank(entity_logits[:, None, :], ref1).astype(jnp.float32)
-    k1, n_entities = _masked_mean(rank1 / vocab, has)
+    if entity_logits is None:
+        k1 = jnp.full(entities.shape[:1], jnp.nan, jnp.float32)
+        n_entities = jnp.zeros(entities.shape[:1], jnp.int32)
+    else:
+        safe = jnp.where(has, entities, 0)
+        ref1 = jnp.take_along_axis(entity_logits, safe, axis=-1)  # [B, E]
+        rank1 = reference_rank(entity_logits[:, None, :], ref1).astype(jnp.float32)
+        k1, n_entities = _masked_mean(rank1 / vocab, has)
 
     ref2 = jnp.take_along_axis(report_logits, targets[..., None], axis=-1)[..., 0]  # [B, L]
     k_tok = reference_rank(report_logits, ref2).astype(jnp.float32) / vocab
@@ -99,8 +111,11 @@ def build_score_step(modeldef: step_lib.ModelDef, mcfg, icfg) -> Callable:
         model = modeldef.merge(params, batch_stats)
         images, tokens_in, targets = step_lib._inputs(batch, mcfg, icfg)
         patches, pooled = model.features(images, train=False)
-        ent_logits = model.entity_logits(patches, pooled).astype(jnp.float32)
-        logits = model.report(patches, jax.nn.sigmoid(ent_logits), tokens_in, None)
+        ent_logits = q = None  # the R2Gen baseline has no f_E
+        if model.entity_fusion:
+            ent_logits = model.entity_logits(patches, pooled).astype(jnp.float32)
+            q = jax.nn.sigmoid(ent_logits)
+        logits = model.report(patches, q, tokens_in, None)
         return example_difficulty(ent_logits, logits.astype(jnp.float32), targets,
                                   batch['entities'])
 

@@ -70,6 +70,11 @@ def _check_config(config, dataset: PreparedDataset) -> None:
     if not metric.split('/', 1)[-1].startswith('loss/') and not config.train.eval_decode:
         raise ValueError(f'train.best_metric={metric!r} needs generated reports during '
                          "validation: set train.eval_decode=True, or use 'val/loss/report'.")
+    if config.train.best_mode not in ('min', 'max'):
+        raise ValueError(f"train.best_mode={config.train.best_mode!r}: expected 'min' or 'max'.")
+    if int(config.train.early_stop_patience) < 0:
+        raise ValueError(f'train.early_stop_patience={config.train.early_stop_patience}: expected '
+                         'an integer >= 0 (0 = off).')
     if config.model.in_channels not in (1, 3):
         raise ValueError(f'model.in_channels={config.model.in_channels}: expected 1 or 3.')
 
@@ -170,8 +175,8 @@ def evaluate_loss(s: Setup, eval_fn, split_name: str, state=None,
                       s.loss_tables)
         totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
     t = jax.device_get(totals)
-    return {f'{split_name}/loss/entity': float(t['entity_sum'] / max(t['entity_count'], 1)),
-            f'{split_name}/loss/report': float(t['report_sum'] / max(t['report_count'], 1))}
+    return {f'{split_name}/loss/{task}': float(t[f'{task}_sum'] / max(t[f'{task}_count'], 1))
+            for task in ('entity', 'report') if f'{task}_sum' in t}  # no entity: R2Gen baseline
 
 
 def _position(extra: dict) -> tuple[int, int]:
@@ -196,11 +201,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     cur = curriculum_lib.Curriculum(
         config.curriculum, len(train), seed=config.seed, num_epochs=config.train.num_epochs,
         composition=curriculum_lib.Composition.from_split(
-            train, s.dataset.tables.frequent_mask(1 / 8)))
+            train, s.dataset.tables.frequent_mask(1 / 8)),
+        entity_task=jima.entity_fusion(config.model))
     cur.check_validation(config.train)
     if 'curriculum' in s.extra:
         cur.load_state_dict(s.extra['curriculum'])
     best = s.extra.get('best', {})
+    stale = int(s.extra.get('early_stop', {}).get('stale_evals', 0))
+    patience = int(config.train.early_stop_patience)
     start_epoch, start_in_epoch = _position(s.extra)
 
     mesh = s.mesh
@@ -214,10 +222,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     batch_sharding = parallel.batch_sharding(mesh)
     reporter = reporting.RunReporter(s.workdir, enabled=is_main,
                                      resume_step=int(jax.device_get(s.state.step)))
-    joint = config.train.mode == 'joint'
+    # Two streams (A: Task 1's kept set, B: Task 2's) in both modes; the R2Gen baseline
+    # (model.entity_fusion=False) trains on stream B alone.
+    one_stream = not jima.entity_fusion(config.model)
     views = config.data.num_views
     batch_size = int(config.input.batch_size)
-    examples_per_step = batch_size * (1 if joint else 2)
+    examples_per_step = batch_size * (1 if one_stream else 2)
     num_epochs = int(config.train.num_epochs)
     max_steps = int(config.train.max_steps) or None
     config_json = config_to_json(config)
@@ -230,7 +240,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     def save(epoch: int, in_epoch: int, metrics: Optional[dict] = None) -> None:
         extra = {'position': {'epoch': epoch, 'step_in_epoch': in_epoch},
-                 'curriculum': cur.state_dict(), 'best': best}
+                 'curriculum': cur.state_dict(), 'best': best,
+                 'early_stop': {'stale_evals': stale}}
         s.checkpointer.save(step, state, extra, config_json, metrics)
 
     throughput = reporting.Throughput()
@@ -248,10 +259,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     with _Preemption() as preempt:
         for epoch in range(start_epoch, num_epochs):
+            if patience and stale >= patience:  # checked first, so a resumed run stops too
+                status = 'early_stopped'
+                print(f'early stop: {config.train.best_metric} has not improved for {stale} '
+                      f'evaluations (train.early_stop_patience={patience}); best at step '
+                      f'{best.get("step")}.', flush=True)
+                break
             kept1, kept2 = cur.kept(epoch)
             streams = [pipeline_lib.StreamSpec(kept1, 0), pipeline_lib.StreamSpec(kept2, 1)]
-            if joint:
-                streams = streams[:1]
+            if one_stream:
+                streams = streams[1:]
             n_steps = pipeline_lib.steps_per_epoch(streams, batch_size,
                                                    config.train.steps_per_epoch)
             begin = start_in_epoch if epoch == start_epoch else 0
@@ -262,8 +279,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             epoch_arr = np.int32(epoch)
             in_epoch = begin
             for batches in zip(*iters):
-                batch_a = parallel.put_batch(batches[0], batch_sharding)
-                batch_b = batch_a if joint else parallel.put_batch(batches[1], batch_sharding)
+                batch_b = parallel.put_batch(batches[-1], batch_sharding)
+                batch_a = batch_b if one_stream else parallel.put_batch(batches[0],
+                                                                        batch_sharding)
                 state, metrics = train_step(state, batch_a, batch_b, epoch_arr, s.loss_tables)
                 step += 1
                 in_epoch += 1
@@ -314,13 +332,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     shown = [k for k in last_eval if '/loss/' in k or k.endswith(
                         ('BLEU_4', 'CIDEr', 'ROUGE_L', 'ce/micro_u0/f1'))]
                     print('  ' + '  '.join(f'{k} {last_eval[k]:.4f}' for k in shown), flush=True)
-                metric = config.train.best_metric
-                if metric in last_eval:
-                    better = (not best or (last_eval[metric] < best['value']
-                                           if config.train.best_mode == 'min'
-                                           else last_eval[metric] > best['value']))
-                    if better:
-                        best = {'step': step, 'value': last_eval[metric], 'metric': metric}
+                best, stale = track_best(best, stale, last_eval, step, config.train)
             if cur.scores_due(epoch):
                 score_fn = score_fn or difficulty.jit_score_step(
                     difficulty.build_score_step(s.modeldef, config.model, config.input), mesh,
@@ -354,10 +366,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return result
 
 
+def track_best(best: dict, stale: int, metrics: dict, step: int, train_cfg) -> tuple[dict, int]:
+    """(best record, evaluations since it last improved) after an evaluation's `metrics`:
+    unchanged when train.best_metric is not among them; a tie is no improvement."""
+    metric = train_cfg.best_metric
+    if metric not in metrics:
+        return best, stale
+    value = metrics[metric]
+    better = not best or (value < best['value'] if train_cfg.best_mode == 'min'
+                          else value > best['value'])
+    if better:
+        return {'step': step, 'value': value, 'metric': metric}, 0
+    return best, stale + 1
+
+
 def checkpoint_step(workdir: pathlib.Path, train_cfg, which: str) -> Optional[int]:
     """The step `setup` should restore for --checkpoint=`which`: 'latest' -> None (the newest
     intact one; damaged ones are moved aside there), 'best' (by train.best_metric, recorded
-    during training; damaged -> moved aside with a warning, then None) or a step number."""
+    during training; damaged -> moved aside with a warning, then None), 'auto' ('best' when one
+    was recorded, else 'latest') or a step number."""
     ck = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir, train_cfg), train_cfg)
     latest = ck.latest_step()
     try:
@@ -365,6 +392,8 @@ def checkpoint_step(workdir: pathlib.Path, train_cfg, which: str) -> Optional[in
             raise FileNotFoundError(
                 f'{ck.directory} holds no checkpoint; train first '
                 f'(python -m jima_jax.main --config ... --workdir {workdir}).')
+        if which == 'auto':
+            which = 'best' if 'step' in ck.best_record() else 'latest'
         if which == 'latest':
             return None
         if which == 'best':
@@ -384,10 +413,19 @@ def checkpoint_step(workdir: pathlib.Path, train_cfg, which: str) -> Optional[in
             return None
         if not which.isdigit() or int(which) not in ck.manager.all_steps():
             raise ValueError(f'--checkpoint={which!r}: expected latest, best or one of the saved '
-                             f'steps {sorted(ck.manager.all_steps())}.')
+                             f'steps {sorted(ck.manager.all_steps())} (or auto: best when one '
+                             'was recorded, else latest).')
         return int(which)
     finally:
         ck.close()
+
+
+def checkpoint_label(which: str, step: Optional[int]):
+    """What results.json calls the checkpoint `checkpoint_step(..., which)` chose: 'latest' (None:
+    the newest intact one), 'best', or the step number asked for."""
+    if step is None:
+        return 'latest'
+    return 'best' if which in ('best', 'auto') else int(step)
 
 
 def image_reliance(s: Setup, eval_fn, split_name: str, losses_now: dict) -> dict[str, float]:
@@ -405,15 +443,18 @@ def image_reliance(s: Setup, eval_fn, split_name: str, losses_now: dict) -> dict
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, split_name: str = 'test',
-             which: str = 'latest') -> dict:
-    """Every metric on `split_name` for a checkpoint of `workdir`; writes eval/<split>/."""
+             which: str = 'auto') -> dict:
+    """Every metric on `split_name` for a checkpoint of `workdir` (`which`: see checkpoint_step;
+    results say which one: `checkpoint` 'best' / 'latest' / the step asked for, and `step`);
+    writes eval/<split>/."""
     workdir = pathlib.Path(workdir)
     step = checkpoint_step(workdir, config.train, which)
     s = setup(config, workdir, step=step)
     if split_name not in s.dataset.splits or len(s.dataset.splits[split_name]) == 0:
         raise ValueError(f'--split={split_name!r}: the dataset has non-empty splits '
                          f'{[k for k, v in s.dataset.splits.items() if len(v)]}.')
-    result = {'step': int(jax.device_get(s.state.step))}
+    result = {'checkpoint': checkpoint_label(which, step),
+              'step': int(jax.device_get(s.state.step))}
     eval_fn = make_eval_fn(s)
     result.update(evaluate_loss(s, eval_fn, split_name))
     result.update(image_reliance(s, eval_fn, split_name, result))

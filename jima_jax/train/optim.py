@@ -1,5 +1,8 @@
 """The two optimizers of Algorithm 1: alpha (Task 1: f_R + f_E) and beta (Task 2: fusion + f_T).
 
+In the R2Gen baseline (model.entity_fusion=False) there is no f_E: alpha updates f_R alone, from
+the report loss, so f_R keeps its own learning rate and decay.
+
 Both are Adam (optionally AMSGrad, PyTorch-style coupled weight decay, value or norm clipping) with
 a per-group base learning rate. The per-epoch step decay (paper: x0.8 every epoch; release IU
 X-ray: x0.1 every 50 epochs) is applied as a factor on the final update, computed from the epoch
@@ -32,15 +35,21 @@ def _scale_by_group_lr(group_lrs: dict[str, float]) -> optax.GradientTransformat
     return optax.GradientTransformation(init, update)
 
 
-def build_optimizer(ocfg, groups: tuple[str, ...]) -> optax.GradientTransformation:
-    """Adam for the parameter groups `groups` (a dict {group: params} is what it updates)."""
+def build_optimizer(ocfg, groups: tuple[str, ...], *,
+                    clip: bool = True) -> optax.GradientTransformation:
+    """Adam for the parameter groups `groups` (a dict {group: params} is what it updates).
+
+    `clip=False` (joint mode, which clips one global norm itself) leaves `ocfg.clip` out, with an
+    identity in its place so the optimizer state keeps the same structure."""
     parts = []
-    if ocfg.clip == 'value':
+    if ocfg.clip not in ('none', 'value', 'norm'):
+        raise ValueError(f"optim.*.clip={ocfg.clip!r}: expected 'none', 'value' or 'norm'.")
+    if ocfg.clip != 'none' and not clip:
+        parts.append(optax.identity())
+    elif ocfg.clip == 'value':
         parts.append(optax.clip(ocfg.clip_value))
     elif ocfg.clip == 'norm':
         parts.append(optax.clip_by_global_norm(ocfg.clip_value))
-    elif ocfg.clip != 'none':
-        raise ValueError(f"optim.*.clip={ocfg.clip!r}: expected 'none', 'value' or 'norm'.")
     if ocfg.weight_decay:
         parts.append(optax.add_decayed_weights(ocfg.weight_decay))  # PyTorch Adam: L2 on grads
     if ocfg.amsgrad:
@@ -62,3 +71,14 @@ def epoch_lr_factor(ocfg, epoch: jax.Array) -> jax.Array:
 
 def scale_updates(updates, factor):
     return jax.tree.map(lambda u: u * factor.astype(u.dtype), updates)
+
+
+def clip_global_norm(trees, max_norm: float):
+    """`trees` scaled by min(1, max_norm / (norm + 1e-6)), norm = the L2 norm over ALL of them
+    together (torch's clip_grad_norm_ over every parameter, as the release's joint mode does;
+    one norm, not one per optimizer). max_norm <= 0 returns them unchanged."""
+    if max_norm <= 0:
+        return trees
+    norm = optax.global_norm(trees)
+    scale = jnp.minimum(1.0, max_norm / (norm + 1e-6))
+    return jax.tree.map(lambda g: g * scale.astype(g.dtype), trees)

@@ -103,7 +103,8 @@ def plot_losses(log_path: pathlib.Path, out_path: pathlib.Path) -> Optional[path
                 ax.plot(*zip(*pts), style, label=key, markersize=3)
         ax.set_xlabel('step')
         ax.set_title(f'Task {"1: entity BCE" if task == "entity" else "2: report NLL"}')
-        ax.legend()
+        if ax.lines:  # the R2Gen baseline has no entity loss
+            ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,11 +5,15 @@
      optimizer alpha;
   2. Task 2: f_R (updated, frozen: batch-statistics BatchNorm without running-stat updates) and
      f_E (frozen) encode batch B; report NLL -> gradients for fusion + f_T -> optimizer beta;
-or, in `joint` mode (the authors' release option), one update of everything on
-L2 + entity_weight * L1 over batch A. The imbalance weights (`LossTables`) are looked up inside the
-same program, so reweighting costs no extra pass. The model is an NNX module split once into a
-graph definition and pure dict pytrees; the step merges it inside the trace, which is free at run
-time.
+or, in `joint` mode (the release's `--joint`), one update of everything on
+entity_weight * L1(batch A) + L2(batch B): both gradients from the same parameters (L2's stopped at
+f_R and f_E as in Task 2), the global gradient norm over all groups clipped at
+optim.joint_clip_norm (release 1.0; the per-optimizer `clip` settings are not applied), then both
+optimizers step. With model.entity_fusion=False (the R2Gen baseline) there is one task: L2 on
+batch B trains f_R (optimizer alpha) and fusion + f_T (beta) together. The imbalance weights
+(`LossTables`) are looked up inside the same program, so reweighting costs no extra pass. The
+model is an NNX module split once into a graph definition and pure dict pytrees; the step merges
+it inside the trace, which is free at run time.
 """
 
 from __future__ import annotations
@@ -70,16 +74,18 @@ def split_model(model: nnx.Module) -> tuple[ModelDef, dict, dict]:
 
 
 def task1_params(params: dict) -> dict:
-    return {k: params[k] for k in optim.TASK1_GROUPS}
+    """Optimizer alpha's groups (only `visual` in the R2Gen baseline, which has no f_E)."""
+    return {k: params[k] for k in optim.TASK1_GROUPS if k in params}
 
 
 def task2_params(params: dict) -> dict:
     return {k: params[k] for k in optim.TASK2_GROUPS}
 
 
-def make_optimizers(config: ml_collections.ConfigDict):
-    return (optim.build_optimizer(config.optim.task1, optim.TASK1_GROUPS),
-            optim.build_optimizer(config.optim.task2, optim.TASK2_GROUPS))
+def make_optimizers(config: ml_collections.ConfigDict, clip: bool = True):
+    """(alpha, beta); `clip=False` without their own clip stage (same state structure)."""
+    return (optim.build_optimizer(config.optim.task1, optim.TASK1_GROUPS, clip=clip),
+            optim.build_optimizer(config.optim.task2, optim.TASK2_GROUPS, clip=clip))
 
 
 def init_train_state(config, params: dict, batch_stats: dict) -> TrainState:
@@ -151,13 +157,15 @@ class TaskUpdates:
         self.vocab_size = vocab_size
         self.axis_name = axis_name
         self.tx1, self.tx2 = make_optimizers(config)
+        self.unclipped = make_optimizers(config, clip=False)  # joint: one global-norm clip
         self.reducer = _Reducer(axis_name)
 
     def _merge(self, params, stats):
         return self.modeldef.merge(params, stats, self.axis_name)
 
-    def _apply(self, tx, opt_state, params, grads, factor):
-        grads = jax.tree.map(self.reducer.sum, grads)
+    def _apply(self, tx, opt_state, params, grads, factor, summed: bool = False):
+        if not summed:
+            grads = jax.tree.map(self.reducer.sum, grads)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, optim.scale_updates(updates, factor)), opt_state
 
@@ -167,6 +175,14 @@ class TaskUpdates:
 
         The gradient is of loss.entity_weight * L1 (the release's 0.5); the returned loss is L1.
         `key` (the step key) drives f_E's dropout; None runs f_E without it."""
+        grads, loss, stats = self.task1_grads(state, batch, tables, key)
+        p1, opt1 = self._apply(self.tx1, state.opt1, task1_params(state.params), grads,
+                               optim.epoch_lr_factor(self.config.optim.task1, epoch))
+        return state.replace(params={**state.params, **p1}, batch_stats=stats, opt1=opt1), loss
+
+    def task1_grads(self, state: TrainState, batch: dict, tables: losses.LossTables, key=None):
+        """(gradient of entity_weight * L1 for f_R + f_E (not yet summed across devices), L1,
+        the BatchNorm statistics after `batch`)."""
         images, _, _ = _inputs(batch, self.config.model, self.config.input)
         p_report = task2_params(state.params)
         weight = float(self.config.loss.entity_weight)
@@ -178,15 +194,21 @@ class TaskUpdates:
             stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
             return (loss if weight == 1.0 else weight * loss), (loss, stats)
 
-        p1 = task1_params(state.params)
-        (_, (loss, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(p1)
-        p1, opt1 = self._apply(self.tx1, state.opt1, p1, grads,
-                               optim.epoch_lr_factor(self.config.optim.task1, epoch))
-        return state.replace(params={**p1, **p_report}, batch_stats=stats, opt1=opt1), loss
+        (_, (loss, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            task1_params(state.params))
+        return grads, loss, stats
 
     def task2(self, state: TrainState, batch: dict, epoch, tables: losses.LossTables, key):
         """Report NLL on `batch` -> optimizer beta on fusion + f_T; f_R and f_E frozen (still
         in train mode: batch-statistics BatchNorm, f_E's dropout)."""
+        grads, loss = self.task2_grads(state, batch, tables, key)
+        p2, opt2 = self._apply(self.tx2, state.opt2, task2_params(state.params), grads,
+                               optim.epoch_lr_factor(self.config.optim.task2, epoch))
+        return state.replace(params={**state.params, **p2}, opt2=opt2), loss
+
+    def task2_grads(self, state: TrainState, batch: dict, tables: losses.LossTables, key):
+        """(gradient of L2 for fusion + f_T (not yet summed across devices), L2): f_R and f_E
+        encode `batch` with their gradients stopped, so L2 reaches nothing else."""
         images, tokens_in, targets = _inputs(batch, self.config.model, self.config.input)
         frozen = self._merge(state.params, state.batch_stats)
         patches, pooled = frozen.features(images, train=True, update_stats=False)
@@ -200,56 +222,80 @@ class TaskUpdates:
             return _report_loss(model, patches, q, tokens_in, targets, batch, tables,
                                 self.reducer, nnx.Rngs(dropout=key))
 
-        p2 = task2_params(state.params)
-        loss, grads = jax.value_and_grad(loss_fn)(p2)
-        p2, opt2 = self._apply(self.tx2, state.opt2, p2, grads,
-                               optim.epoch_lr_factor(self.config.optim.task2, epoch))
-        return state.replace(params={**p1, **p2}, opt2=opt2), loss
+        return jax.value_and_grad(loss_fn)(task2_params(state.params))[::-1]
 
-    def joint(self, state: TrainState, batch: dict, epoch, tables: losses.LossTables, key):
-        """The release's joint mode: L2 + entity_weight * L1 on one batch, all modules updated."""
+    def _apply_both(self, state: TrainState, g1: dict, g2: dict, epoch, global_clip: bool):
+        """Both optimizers from `state` on (g1, g2), summed across devices; with `global_clip`
+        the two first share one global-norm clip at optim.joint_clip_norm."""
+        g1, g2 = jax.tree.map(self.reducer.sum, (g1, g2))
+        tx1, tx2 = self.tx1, self.tx2
+        if global_clip:  # instead of each optimizer's own clip
+            g1, g2 = optim.clip_global_norm((g1, g2), float(self.config.optim.joint_clip_norm))
+            tx1, tx2 = self.unclipped
+        p1, opt1 = self._apply(tx1, state.opt1, task1_params(state.params), g1,
+                               optim.epoch_lr_factor(self.config.optim.task1, epoch), summed=True)
+        p2, opt2 = self._apply(tx2, state.opt2, task2_params(state.params), g2,
+                               optim.epoch_lr_factor(self.config.optim.task2, epoch), summed=True)
+        return state.replace(params={**p1, **p2}, opt1=opt1, opt2=opt2)
+
+    def joint(self, state: TrainState, batch_a: dict, batch_b: dict, epoch,
+              tables: losses.LossTables, key):
+        """The release's joint mode: entity_weight * L1 on `batch_a` (f_R + f_E) and L2 on
+        `batch_b` (fusion + f_T, f_R and f_E stopped), both from `state`, one global-norm clip
+        over all gradients, one step of each optimizer. BatchNorm statistics follow batch A."""
+        g1, l1, stats = self.task1_grads(state, batch_a, tables, key)
+        g2, l2 = self.task2_grads(state, batch_b, tables, key)
+        state = self._apply_both(state, g1, g2, epoch, global_clip=True)
+        return state.replace(batch_stats=stats), (l1, l2)
+
+    def report_only(self, state: TrainState, batch: dict, epoch, tables: losses.LossTables,
+                    key, global_clip: bool):
+        """The R2Gen baseline (model.entity_fusion=False): L2 on `batch` trains f_R (optimizer
+        alpha, BatchNorm statistics updated) and fusion + f_T (beta) in one step; `global_clip`
+        (joint mode) clips the global norm as `joint` does, else each optimizer's `clip`."""
         images, tokens_in, targets = _inputs(batch, self.config.model, self.config.input)
-        entity_weight = float(self.config.loss.entity_weight)
 
         def loss_fn(params):
             model = self._merge(params, state.batch_stats)
-            l1, (patches, logits) = _entity_loss(model, images, batch, tables, self.vocab_size,
-                                                 self.reducer,
-                                                 rngs=_entity_rngs(key, _ENTITY_DROPOUT_TASK1))
-            l2 = _report_loss(model, patches, jax.nn.sigmoid(logits), tokens_in, targets, batch,
-                              tables, self.reducer, nnx.Rngs(dropout=key))
-            stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
-            return l2 + entity_weight * l1, (l1, l2, stats)
+            patches, _ = model.features(images, train=True)
+            loss = _report_loss(model, patches, None, tokens_in, targets, batch, tables,
+                                self.reducer, nnx.Rngs(dropout=key))
+            return loss, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
 
-        (_, (l1, l2, stats)), g = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        p1, opt1 = self._apply(self.tx1, state.opt1, task1_params(state.params), task1_params(g),
-                               optim.epoch_lr_factor(self.config.optim.task1, epoch))
-        p2, opt2 = self._apply(self.tx2, state.opt2, task2_params(state.params), task2_params(g),
-                               optim.epoch_lr_factor(self.config.optim.task2, epoch))
-        return state.replace(params={**p1, **p2}, batch_stats=stats, opt1=opt1, opt2=opt2), (l1, l2)
+        (loss, stats), g = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        state = self._apply_both(state, task1_params(g), task2_params(g), epoch, global_clip)
+        return state.replace(batch_stats=stats), loss
 
 
 def build_train_step(modeldef: ModelDef, config: ml_collections.ConfigDict, vocab_size: int,
                      axis_name: Optional[str] = None) -> Callable:
-    """The pure fused step (not yet jitted): Task 1 then Task 2, or the joint update."""
+    """The pure fused step (not yet jitted): Task 1 then Task 2, the joint update, or the R2Gen
+    baseline's one update (model.entity_fusion=False; it reads batch B only)."""
     mode = config.train.mode
     if mode not in ('alternate', 'joint'):
         raise ValueError(f"train.mode={mode!r}: expected 'alternate' or 'joint'.")
     tasks = TaskUpdates(modeldef, config, vocab_size, axis_name)
+    fusion = jima.entity_fusion(config.model)
 
     def step(state: TrainState, batch_a: dict, batch_b: dict, epoch: jax.Array,
              tables: losses.LossTables):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         if axis_name is not None:  # pmap: distinct dropout masks per device
             key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
-        if mode == 'alternate':
+        l1 = None
+        if not fusion:
+            state, l2 = tasks.report_only(state, batch_b, epoch, tables, key,
+                                          global_clip=mode == 'joint')
+        elif mode == 'alternate':
             state, l1 = tasks.task1(state, batch_a, epoch, tables, key)
             state, l2 = tasks.task2(state, batch_b, epoch, tables, key)
         else:
-            state, (l1, l2) = tasks.joint(state, batch_a, epoch, tables, key)
-        metrics = {'loss/entity': tasks.reducer.sum(l1), 'loss/report': tasks.reducer.sum(l2),
+            state, (l1, l2) = tasks.joint(state, batch_a, batch_b, epoch, tables, key)
+        metrics = {'loss/report': tasks.reducer.sum(l2),
                    'lr/task1_factor': optim.epoch_lr_factor(config.optim.task1, epoch),
                    'lr/task2_factor': optim.epoch_lr_factor(config.optim.task2, epoch)}
+        if l1 is not None:
+            metrics['loss/entity'] = tasks.reducer.sum(l1)
         return state.replace(step=state.step + 1), metrics
 
     return step
@@ -264,17 +310,19 @@ def build_eval_step(modeldef: ModelDef, config: ml_collections.ConfigDict,
         model = modeldef.merge(params, batch_stats)
         images, tokens_in, targets = _inputs(batch, mcfg, icfg)
         patches, pooled = model.features(images, train=False)
-        ent_logits = model.entity_logits(patches, pooled)
         ex_w = tables.label_weights[batch['abnormal']]
-        e_sum, e_count = losses.entity_bce(
-            ent_logits, losses.entity_targets(batch['entities'], vocab_size), batch['mask'],
-            tables.entity_pos_weights, ex_w)
-        logits = model.report(patches, jax.nn.sigmoid(ent_logits), tokens_in, None)
+        out, q = {}, None
+        if model.entity_fusion:  # the R2Gen baseline has no f_E and no entity loss
+            ent_logits = model.entity_logits(patches, pooled)
+            out['entity_sum'], out['entity_count'] = losses.entity_bce(
+                ent_logits, losses.entity_targets(batch['entities'], vocab_size), batch['mask'],
+                tables.entity_pos_weights, ex_w)
+            q = jax.nn.sigmoid(ent_logits)
+        logits = model.report(patches, q, tokens_in, None)
         token_mask = (targets != PAD_ID) & (batch['mask'][:, None] > 0)
-        r_sum, r_count = losses.report_nll(logits, targets, token_mask, tables.token_weights,
-                                           ex_w)
-        return {'entity_sum': e_sum, 'entity_count': e_count, 'report_sum': r_sum,
-                'report_count': r_count}
+        out['report_sum'], out['report_count'] = losses.report_nll(
+            logits, targets, token_mask, tables.token_weights, ex_w)
+        return out
 
     return step
 

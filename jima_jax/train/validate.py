@@ -47,14 +47,16 @@ def generate_split(s, generate_fn, split_name: str, state) -> dict:
         idx = np.asarray(parallel.to_host(batch['index']))
         tokens.append(out['tokens'][keep])
         logprobs.append(out['logprobs'][keep])
-        q.append(out['entity_probs'][keep])
+        if 'entity_probs' in out:  # not from the R2Gen baseline (no f_E)
+            q.append(out['entity_probs'][keep])
         index.append(idx[keep])
     index = np.concatenate(index)
     tok = s.dataset.tokenizer
     tokens = np.concatenate(tokens)
     return {'ids': [str(split.ids[i]) for i in index], 'index': index,
             'reports': [tok.decode([int(t) for t in row]) for row in tokens],
-            'tokens': tokens, 'logprobs': np.concatenate(logprobs), 'entity_probs': np.concatenate(q)}
+            'tokens': tokens, 'logprobs': np.concatenate(logprobs),
+            'entity_probs': np.concatenate(q) if q else None}
 
 
 def score_generated(s, split: PreparedSplit, generated: dict, *,
@@ -66,13 +68,16 @@ def score_generated(s, split: PreparedSplit, generated: dict, *,
     preds = dict(zip(ids, generated['reports']))
     order = np.argsort(np.asarray(ids))  # score_reports aligns label rows with sorted(ids)
     tok, tables = s.dataset.tokenizer, s.dataset.tables
-    pred_entities = imbalance.entity_sets_from_scores(generated['entity_probs'])
-    ref_entities = imbalance.entity_sets_from_ids(split.entities[index])
+    pred_entities = ref_entities = None  # no entity scores for the R2Gen baseline
+    if generated['entity_probs'] is not None:
+        pred_entities = dict(zip(ids, imbalance.entity_sets_from_scores(
+            generated['entity_probs'])))
+        ref_entities = dict(zip(ids, imbalance.entity_sets_from_ids(split.entities[index])))
     return score_lib.score_reports(
         refs, preds, abnormal={i: int(split.abnormal[k]) for i, k in zip(ids, index)},
         ref_labels=split.labels[index][order],
         token_counts=imbalance.counts_from_ids(tables.token_counts, tok.id_to_token),
-        ref_entities=dict(zip(ids, ref_entities)), pred_entities=dict(zip(ids, pred_entities)),
+        ref_entities=ref_entities, pred_entities=pred_entities,
         with_meteor=with_meteor)
 
 

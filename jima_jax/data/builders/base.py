@@ -9,7 +9,8 @@ What it does, in `_split_generators` (text side, all studies at once) and `_gene
 3. tokenize (truncate to `data.max_len`), label with the team labeler, extract entity ids, and
    take the normal/abnormal label from the dataset (`data.abnormal_from == 'dataset'` and the
    source has one) or from the labeler;
-4. re-encode the views: grayscale, square-resized to `data.image_size`, exactly `data.num_views`
+4. re-encode the views: grayscale, resized to `data.image_size` square (`data.resize`: squashed, or
+   the short side scaled and the central square kept), exactly `data.num_views`
    (fewer -> the last is repeated, more -> the first ones kept). A missing/corrupt image is an error
    naming the study and the file, or skipped and counted. Not done in reports-only mode.
 
@@ -54,8 +55,30 @@ class Row:
     truth: Optional[np.ndarray] = None  # int8[len(TRUTH_COLUMNS)] when the builder has them
 
 
-def fit_views(views: Sequence[np.ndarray], num_views: int, size: int) -> np.ndarray:
-    """Grayscale views of any size -> uint8 [num_views, size, size] (square resize, bilinear)."""
+RESIZE_MODES = ("square", "short_side")
+
+
+def check_resize(mode: str) -> str:
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"data.resize={mode!r}: expected one of {RESIZE_MODES}.")
+    return mode
+
+
+def _short_side(im: Image.Image, size: int) -> Image.Image:
+    """The short side scaled to `size`, aspect kept (torchvision's Resize(size)), then the central
+    size x size square: the release's Resize(256) + crop, with the crop fixed at prepare time."""
+    w, h = im.size
+    nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    im = im.resize((nw, nh), Image.Resampling.BILINEAR)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return im.crop((left, top, left + size, top + size))
+
+
+def fit_views(views: Sequence[np.ndarray], num_views: int, size: int,
+              resize: str = "square") -> np.ndarray:
+    """Grayscale views of any size -> uint8 [num_views, size, size] (bilinear; `resize`: 'square'
+    squashes the whole view, 'short_side' keeps the aspect and the central square)."""
+    check_resize(resize)
     if not len(views):
         raise ValueError("no views")
     chosen = list(views[:num_views]) + [views[-1]] * max(0, num_views - len(views))
@@ -65,6 +88,8 @@ def fit_views(views: Sequence[np.ndarray], num_views: int, size: int) -> np.ndar
         if v.ndim != 2 or v.dtype != np.uint8:
             raise ValueError(f"view {k} must be a 2-D uint8 array, got {v.dtype} {v.shape}")
         im = Image.fromarray(v)
+        if im.size != (size, size) and resize == "short_side":
+            im = _short_side(im, size)
         out[k] = np.asarray(im if im.size == (size, size) else im.resize((size, size), Image.Resampling.BILINEAR))
     return out
 
@@ -153,7 +178,8 @@ class StudyBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 try:
                     if row.load_views is None:
                         raise sources.BadStudyError(f"study {row.id}: the source gives no images.")
-                    example["images"] = fit_views(row.load_views(), c.num_views, c.image_size)
+                    example["images"] = fit_views(row.load_views(), c.num_views, c.image_size,
+                                                  c.get("resize", "square"))
                 except (sources.BadStudyError, ValueError) as e:
                     if not getattr(c, "skip_bad_studies", False):
                         raise sources.BadStudyError(
