@@ -7,7 +7,7 @@ The recipe was chosen by measurement (experiments/reading_sweep.py; README, "Mod
 radiograph"): 3,000 studies, f_R first pre-trained on the labels the labeler reads from the
 training reports (`pretrain.steps`), then Algorithm 1 at constant learning rates 2e-3 (alpha) /
 1e-3 (beta). The default stops after 300 pre-training and 748 training steps, where the model has
-begun to read its images; ':long' (400 + 3,200 steps, about 30 minutes on 2 CPU cores) reads them
+begun to read its images; ':long' (400 + 3,200 steps, about 25-30 minutes on 2 CPU cores) reads them
 clearly. ':tiny' is the former 3-minute demo (480 studies, 180 steps), which writes one report
 for every study.
 """
