@@ -171,11 +171,10 @@ def run(args) -> None:
                     'mask': np.ones(len(idx), np.float32), 'index': idx.astype(np.int32)}
 
         def label_pretrain(state, n_steps):
-            """f_R + a linear head on the report labels (13 findings found + abnormal)."""
+            """f_R + a linear head on the report labels, as `--mode pretrain` (numpy batches)."""
             import optax
-            found = np.isin(train.labels[:n_train, 1:], (LABEL_POSITIVE, LABEL_UNCERTAIN))
-            targets = np.concatenate([found, train.abnormal[:n_train, None] > 0], 1)
-            targets = targets.astype(np.float32)
+            from jima_jax.train import pretrain as pretrain_lib  # the targets --mode pretrain uses
+            targets = pretrain_lib.label_targets(train)[:n_train]
             d = state.params['visual']
             feat = model.visual.feature_dim * config.data.num_views
             head = {'w': jnp.zeros((feat, targets.shape[1])), 'b': jnp.zeros(targets.shape[1])}
