@@ -50,6 +50,16 @@ METRICS = (
 )
 # jima_release's s_t is the validation BLEU-4, so its validations must decode.
 SCHEDULE_FLAGS = {'jima_release': ['--config.train.eval_decode=True']}
+# Baseline rows: name -> (curriculum schedule, flags). `r2gen` is the model JIMA builds on (no f_E,
+# no entity fusion, one task), with everything else equal.
+BASELINES = {'r2gen': ('none', ['--config.model.entity_fusion=False'])}
+
+
+def row_setup(row: str) -> tuple[str, list[str]]:
+    """(curriculum schedule, extra flags) of a table row: a schedule name or a baseline."""
+    if row in BASELINES:
+        return BASELINES[row]
+    return row, SCHEDULE_FLAGS.get(row, [])
 
 
 def run_dir(root: pathlib.Path, schedule: str, seed: int) -> pathlib.Path:
@@ -78,9 +88,10 @@ def run_one(root: pathlib.Path, schedule: str, seed: int, extra: list[str]) -> d
             atomic.write_text(done, json.dumps(record, indent=2) + '\n')
         return record
     workdir.mkdir(parents=True, exist_ok=True)
+    curriculum, row_flags = row_setup(schedule)
     flags = ['--config', CONFIG, '--workdir', str(workdir),
-             f'--config.curriculum.schedule={schedule}', f'--config.seed={seed}',
-             *SCHEDULE_FLAGS.get(schedule, []), *extra]
+             f'--config.curriculum.schedule={curriculum}', f'--config.seed={seed}',
+             *row_flags, *extra]
     log = workdir / 'stdout.log'
     train_s = _main_module(flags, log)
     eval_s = _main_module([*flags, '--mode', 'eval', '--split', 'test',
@@ -108,8 +119,9 @@ def run_config(schedule: str, seed: int, extra: list[str]):
     import ast
     from configs import iu_phantom
     cfg = iu_phantom.get_config('small')
-    cfg.curriculum.schedule, cfg.seed = schedule, seed
-    flags = [*SCHEDULE_FLAGS.get(schedule, []), *extra]
+    curriculum, row_flags = row_setup(schedule)
+    cfg.curriculum.schedule, cfg.seed = curriculum, seed
+    flags = [*row_flags, *extra]
     for key, _, value in (f[len('--config.'):].partition('=') for f in flags):
         try:
             value = ast.literal_eval(value)
@@ -153,9 +165,12 @@ def _mean_sd(values: list[float], key: str) -> str:
 
 
 def _value(record: dict, key: str):
+    """A run's metric; None where it has none (e.g. k1 of the r2gen row, which has no f_E)."""
     if key.startswith('tf/'):
-        return record.get('teacher_forced', {}).get(key[3:])
-    return record['all_test_metrics'].get(key)
+        value = record.get('teacher_forced', {}).get(key[3:])
+    else:
+        value = record['all_test_metrics'].get(key)
+    return None if value is None or value != value else value  # NaN -> None
 
 
 def _curves(records: list[dict], schedules: list[str]) -> list[str]:
@@ -190,7 +205,11 @@ def markdown(records: list[dict], schedules: list[str], meta: dict) -> str:
     seeds = sorted({r['seed'] for r in records})
     lines = [f'IU-phantom (`{CONFIG}`, {meta["epochs"]} epochs incl. {meta["warmup"]} warm-up, '
              f'test split, final checkpoint), seeds {seeds}; mean ± sd over seeds, x100 '
-             '(the NLL in nats).', '',
+             '(the NLL in nats).' + (
+                 f' Runs read back from the results file were made on {meta["previous_runs_date"]}'
+                 f', the others on {meta["date"]} ({meta["machine"]}).'
+                 if meta.get('previous_runs_date') not in (None, meta['date']) else ''),
+             '',
              '| schedule | runs | ' + ' | '.join(t for _, t in METRICS) + ' | train steps |',
              '|---|---|' + '---|' * (len(METRICS) + 1)]
     for s in schedules:
@@ -226,7 +245,8 @@ def summarize(records: list[dict], schedules: list[str], meta: dict) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--schedules', default='none,jima,jima_release,competence_sqrt')
+    parser.add_argument('--schedules', default='none,jima,jima_release,competence_sqrt,r2gen',
+                        help=f'table rows: schedules, or the baselines {sorted(BASELINES)}')
     parser.add_argument('--seeds', default='0,1,2')
     parser.add_argument('--root', default=str(REPO / 'runs' / NAME))
     parser.add_argument('--summarize', action='store_true', help='only tabulate finished runs')
@@ -241,22 +261,34 @@ def main(argv=None) -> None:
     meta = {'epochs': cfg.train.num_epochs, 'warmup': cfg.curriculum.warmup_epochs,
             'extra_flags': extra, 'machine': f'{platform.machine()} {os.cpu_count()} cpus',
             'date': datetime.date.today().isoformat()}
-    records = []
-    for seed in seeds:  # seed-major: a partial experiment still compares schedules fairly
-        for schedule in schedules:
-            workdir = run_dir(root, schedule, seed)
-            if args.summarize:
-                if (workdir / 'experiment_run.json').exists():
-                    records.append(run_one(root, schedule, seed, extra))
-                continue
-            print(f'{datetime.datetime.now():%H:%M:%S} {schedule} seed {seed}', flush=True)
-            records.append(run_one(root, schedule, seed, extra))
-            r = records[-1]
-            print(f'  {r["train_steps"]} steps, train {r["train_seconds"]:.0f}s, eval '
-                  f'{r["eval_seconds"]:.0f}s; ' + ', '.join(
-                      f'{t} {_mean_sd([_value(r, k)], k).split(" ")[0]}' for k, t in METRICS
-                      if _value(r, k) is not None), flush=True)
-            summarize(records, schedules, meta)
+    # Runs recorded in the results file but not under --root are read back from it (their date is
+    # in the table's meta), so a new row can be added without re-running the others.
+    previous_file = RESULTS / f'{NAME}.json'
+    previous = {}
+    if previous_file.exists():
+        old = json.loads(previous_file.read_text())
+        previous = {(r['schedule'], r['seed']): r for r in old.get('runs', [])}
+        meta['previous_runs_date'] = old.get('meta', {}).get('previous_runs_date',
+                                                             old.get('meta', {}).get('date'))
+    fresh = [(seed, schedule) for seed in seeds for schedule in schedules
+             if (run_dir(root, schedule, seed) / 'experiment_run.json').exists()
+             or (schedule, seed) not in previous]
+    records = [previous[(schedule, seed)] for seed in seeds for schedule in schedules
+               if (seed, schedule) not in fresh]  # kept in every rewrite of the results file
+    for seed, schedule in fresh:  # seed-major: a partial experiment still compares fairly
+        workdir = run_dir(root, schedule, seed)
+        if args.summarize:
+            if (workdir / 'experiment_run.json').exists():
+                records.append(run_one(root, schedule, seed, extra))
+            continue
+        print(f'{datetime.datetime.now():%H:%M:%S} {schedule} seed {seed}', flush=True)
+        records.append(run_one(root, schedule, seed, extra))
+        r = records[-1]
+        print(f'  {r["train_steps"]} steps, train {r["train_seconds"]:.0f}s, eval '
+              f'{r["eval_seconds"]:.0f}s; ' + ', '.join(
+                  f'{t} {_mean_sd([_value(r, k)], k).split(" ")[0]}' for k, t in METRICS
+                  if _value(r, k) is not None), flush=True)
+        summarize(records, schedules, meta)
     print(summarize(records, schedules, meta), flush=True)
 
 
