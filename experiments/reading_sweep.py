@@ -59,7 +59,7 @@ VARIANTS = {
     'base_lr2': {'num_train': 480, 'optim.task1.lr': 2e-3, 'optim.task1.decay_rate': 1.0},
     'warm300': {'warmup_steps': 300},
     'lab400': {'label_pretrain_steps': 400},
-    'lab2': {'label_pretrain_steps': 2},
+    'lab2': {'label_pretrain_steps': 2},  # a seconds-long check of the pre-training path
     'lab800': {'label_pretrain_steps': 800},
     'lab400_lr2both': {'label_pretrain_steps': 400, 'optim.task1.lr': 2e-3,
                        'optim.task1.decay_rate': 1.0, 'optim.task2.lr': 1e-3,
@@ -162,7 +162,6 @@ def run(args) -> None:
         rng = np.random.default_rng(config.seed)
         orders = {}
         t0 = time.perf_counter()
-        train_time = 0.0
 
         def batch_dict(split, toks, idx, imgs):
             return {'images': imgs, 'tokens': toks[idx],
@@ -266,15 +265,12 @@ def run(args) -> None:
             for s in (0, 1):
                 idx, imgs = _batches(train, orders[epoch][s], in_epoch, b, size, rng)
                 parts.append(batch_dict(train, tok_train, idx, imgs))
-            ts = time.perf_counter()
             if step < warmup:
                 state, metrics = warm_step(state, parts[0], np.int32(epoch), tables)
             else:
                 state, metrics = train_step(state, parts[0], parts[1],  # joint: A and B too
                                             np.int32(epoch), tables)
             if step + 1 in eval_at:
-                jax.block_until_ready(state)
-                train_time += time.perf_counter() - ts
                 m = jax.device_get(metrics)
                 res = evaluate(state)
                 row = {'data': pathlib.Path(args.data).stem, 'variant': name,
@@ -286,8 +282,6 @@ def run(args) -> None:
                 if out:
                     out.write(json.dumps(row) + '\n')
                     out.flush()
-            else:
-                train_time += time.perf_counter() - ts
 
 
 def report(rows_path: str, out_stem: str) -> None:
