@@ -5,6 +5,13 @@ r"""Command line: prepare data, train, evaluate.
   python -m jima_jax.main --config configs/demo.py --workdir runs/demo --mode predict \
       --images frontal.png,lateral.png [--images ...] [--image_list studies.jsonl] [--output F]
   python -m jima_jax.main --config configs/iu_xray.py --mode prepare [--download]
+  python -m jima_jax.main --config configs/demo.py --workdir runs/demo --mode export \
+      [--export_dir DIR] [--force]
+  python -m jima_jax.main --mode predict --model runs/demo/export --images frontal.png[,lateral.png]
+
+--config takes a file or, from any directory, a packaged config by name (`--config demo:long`;
+jima_jax/configs/). An export folder (jima_jax/export.py) holds everything predict needs: no
+dataset, workdir or --config (also `python -m jima_jax.predict --model DIR ...`).
 
 Several processes (see docs/scaling.md, launch/): every process runs the same command plus
   --coordinator_address=host:port --num_processes=N --process_id=i   (or SLURM / --distributed=tpu)
@@ -25,10 +32,12 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (see configs/).',
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file, or a packaged config by name, e.g. demo or demo:long '
+    '(jima_jax/configs/). Not needed with --model.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, logs, results.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['prepare', 'pretrain', 'train', 'eval', 'predict'],
+_MODE = flags.DEFINE_enum('mode', 'train',
+                          ['prepare', 'pretrain', 'train', 'eval', 'predict', 'export'],
                           'What to do.')
 _SPLIT = flags.DEFINE_string('split', None, 'eval: the split to score (default test); predict: '
                              'generate for a prepared split instead of image files.')
@@ -45,7 +54,12 @@ _TOKEN_LOGPROBS = flags.DEFINE_bool('token_logprobs', False,
                                     'predict: add per-token log-probs to every line.')
 _DOWNLOAD = flags.DEFINE_bool('download', False,
                               'prepare mode: allow fetching public archives (IU X-ray OpenI).')
-_FORCE = flags.DEFINE_bool('force', False, 'prepare mode: rebuild an existing prepared dataset.')
+_FORCE = flags.DEFINE_bool('force', False, 'prepare mode: rebuild an existing prepared dataset; '
+                           'export mode: replace an existing, different export.')
+_EXPORT_DIR = flags.DEFINE_string('export_dir', None,
+                                  'export mode: the folder to write (default <workdir>/export).')
+_MODEL = flags.DEFINE_string('model', None, 'predict mode: an export folder (--mode export) to '
+                             'predict with, instead of --config and --workdir.')
 _DISTRIBUTED = flags.DEFINE_enum('distributed', 'auto', ['auto', 'off', 'slurm', 'tpu'],
                                   'How to join a multi-process job: auto = the explicit flags '
                                   'below, else a multi-task srun step, else one process.')
@@ -59,7 +73,6 @@ _NUM_CPU_DEVICES = flags.DEFINE_integer('num_cpu_devices', 0,
                                         'Simulated CPU devices per process (0 = JAX default).')
 _VERBOSE = flags.DEFINE_bool('verbose', False, 'On an error, print the full traceback too, not '
                              'only the one-paragraph message.')
-flags.mark_flags_as_required(['config'])
 
 
 def _join_job() -> None:
@@ -90,7 +103,13 @@ def _run(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax/tfds chatter; progress is printed
+    if _MODEL.value or _MODE.value == 'predict' and _CONFIG.value is None:
+        _predict_exported()
+        return
     config = _CONFIG.value
+    if config is None:
+        raise app.UsageError('--config is required: a config file or a packaged name, e.g. '
+                             '--config demo (jima_jax/configs/).')
     check_config_values(config)
     if _MODE.value == 'prepare':
         from jima_jax.data import prepare
@@ -99,7 +118,7 @@ def _run(argv):
         return
     if not _WORKDIR.value:
         raise app.UsageError(f'--workdir is required for --mode={_MODE.value}.')
-    if _MODE.value in ('eval', 'predict'):  # the model the run trained, not a re-typed one
+    if _MODE.value in ('eval', 'predict', 'export'):  # the run's model, not a re-typed one
         from jima_jax import run_config
         config, taken = run_config.apply_saved(config, _WORKDIR.value, sys.argv, _MODE.value)
         if taken:
@@ -109,6 +128,9 @@ def _run(argv):
         parallel.configure_cpu_host(config.parallel)  # before JAX starts its backends
     except ValueError as e:
         raise app.UsageError(str(e)) from e
+    if _MODE.value == 'export':
+        _export(config)
+        return
     _join_job()
     import jax
     from jima_jax.data import prepare
@@ -139,7 +161,7 @@ def _run(argv):
         from jima_jax.evaluation import report
         split = _SPLIT.value or 'test'
         result = loop.evaluate(config, _WORKDIR.value, split, _CHECKPOINT.value)
-        dataset = config.data.name if config.data.name in ('iu_xray', 'mimic_cxr') else None
+        dataset = report.paper_dataset(config.data.name)
         if main_process:
             print(report.format_results(result, dataset))
             print(f'written to {_WORKDIR.value}/eval/{split}/')
@@ -203,8 +225,10 @@ def user_error(e: BaseException) -> Optional[str]:
     if isinstance(e, (ValueError, FileNotFoundError)):
         return text
     if isinstance(e, OSError) and 'Failed loading config file' in text:  # no such --config
+        from jima_jax import configs
         return (f'--config: cannot load the config file ({text.strip().splitlines()[-1].strip()}); '
-                'pass one of configs/*.py, e.g. --config configs/demo.py.')
+                f'pass a config file or a packaged name ({", ".join(configs.NAMES)}), e.g. '
+                '--config demo.')
     return None
 
 
@@ -217,7 +241,10 @@ def _fail(message: str, *, verbose: bool) -> None:
 
 
 def _parse_flags(argv):
-    """absl's flag parsing, with a bad flag or config override reported like any user error."""
+    """absl's flag parsing, with a bad flag or config override reported like any user error; a
+    packaged config name (--config demo:long) is turned into its file first."""
+    from jima_jax import configs
+    argv = configs.resolve_argv(argv)
     try:
         return flags.FLAGS(argv)
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
@@ -242,6 +269,51 @@ def _flag_error_message(e: BaseException, argv) -> str:
     if 'Traceback' in text:  # an exception inside the config file: keep its last line
         lines = [lines[0].split(': Error whilst')[0] + ':', lines[-1]]
     return ' '.join(lines)
+
+
+def _export(config) -> None:
+    """--mode export: the checkpoint eval would score (--checkpoint), as one folder."""
+    from jima_jax import export
+    try:
+        path, what = export.export(config, _WORKDIR.value, _EXPORT_DIR.value,
+                                   which=_CHECKPOINT.value, force=_FORCE.value)
+    except FileExistsError as e:
+        raise app.UsageError(str(e)) from e
+    if what == 'unchanged':
+        print(f'{path} already holds this export (same weights, config and vocabulary); '
+              'pass --force to write it again (e.g. to refresh its model card).')
+    else:
+        print(f'exported to {path} ({what}); predict with: python -m jima_jax.predict '
+              f'--model {path} --images frontal.png[,lateral.png]')
+
+
+def _predict_exported() -> None:
+    """--mode predict --model DIR: reports from an export folder alone."""
+    if _MODE.value != 'predict':
+        raise app.UsageError(f'--model is for --mode predict, not --mode {_MODE.value}.')
+    if not _MODEL.value:
+        raise app.UsageError('--mode predict needs --config and --workdir (a training run), or '
+                             '--model DIR (an export folder).')
+    given = [a.split('=')[0] for a in sys.argv[1:] if a.startswith('--config.')]
+    if given or _SPLIT.value:
+        raise app.UsageError(f'--model {_MODEL.value} predicts with the folder\'s own config.json '
+                             f'and image files; drop {", ".join(given) or "--split"}.')
+    if _CONFIG.value is not None:
+        print(f'--config is not used with --model: {_MODEL.value}/config.json is.',
+              file=sys.stderr)
+    _stop_on_sigterm('prediction')
+    from jima_jax import predict
+    output = _OUTPUT.value
+    if output is None and _WORKDIR.value:
+        output = f'{_WORKDIR.value}/predict/{predict.PREDICT_SPLIT}.jsonl'
+    try:
+        out = predict.predict_exported(_MODEL.value, images=_IMAGES.value,
+                                       image_list=_IMAGE_LIST.value, output=output,
+                                       with_token_logprobs=_TOKEN_LOGPROBS.value)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
+    if out is not None:
+        print(f'written to {out}', file=sys.stderr)
 
 
 def _stop_on_sigterm(what: str) -> None:

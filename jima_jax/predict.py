@@ -7,12 +7,22 @@ PNG/JPEG mode -> grayscale, resize to `data.image_size` as `data.resize` says, t
 `input.image_size`), so a checkpoint sees what it was trained on. Output: one JSON line per study,
 `id`, `images`, `report`, `mean_logprob` (and `token_logprobs` on request: one per generated
 token, the end-of-report token included).
+
+From an exported model folder (`--mode export`), without the dataset, the workdir or TensorFlow:
+
+  python -m jima_jax.predict --model runs/demo/export --images frontal.png[,lateral.png] \
+      [more studies ...] [--image_list studies.jsonl] [--output reports.jsonl] [--token_logprobs]
+
+(one study per --images value, its views joined by commas; the JSON lines go to --output, or to
+stdout without it). `python -m jima_jax.main --mode predict --model DIR ...` does the same.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import pathlib
+import sys
 from typing import Optional, Sequence
 
 import jax
@@ -20,7 +30,6 @@ import numpy as np
 
 from jima_jax import atomic
 from jima_jax.data import sources
-from jima_jax.data.builders import base
 from jima_jax.data.types import NUM_OBSERVATIONS, PreparedSplit
 from jima_jax.train import validate
 
@@ -78,6 +87,7 @@ def studies_as_split(studies: list[tuple[str, list[str]]], num_views: int, image
 
     A study with fewer views than `data.num_views` repeats its last view, as at prepare time.
     """
+    from jima_jax.data.builders import base  # imports TensorFlow (the folder path does not)
     images = np.empty((len(studies), num_views, image_size, image_size), np.uint8)
     for i, (sid, paths) in enumerate(studies):
         try:
@@ -93,8 +103,9 @@ def studies_as_split(studies: list[tuple[str, list[str]]], num_views: int, image
         labels=np.zeros((n, NUM_OBSERVATIONS), np.int8))
 
 
-def write_predictions(path: pathlib.Path, generated: dict, images: dict[str, list[str]],
-                      with_token_logprobs: bool) -> pathlib.Path:
+def prediction_lines(generated: dict, images: dict[str, list[str]],
+                     with_token_logprobs: bool) -> list[str]:
+    """One JSON line per study: id, images, report, mean_logprob (token_logprobs on request)."""
     lines = []
     for sid, text, tokens, lp in zip(generated['ids'], generated['reports'], generated['tokens'],
                                      generated['logprobs']):
@@ -103,6 +114,12 @@ def write_predictions(path: pathlib.Path, generated: dict, images: dict[str, lis
         if with_token_logprobs:
             row['token_logprobs'] = [round(float(x), 5) for x in lp[tokens != 0]]
         lines.append(json.dumps(row))
+    return lines
+
+
+def write_predictions(path: pathlib.Path, generated: dict, images: dict[str, list[str]],
+                      with_token_logprobs: bool) -> pathlib.Path:
+    lines = prediction_lines(generated, images, with_token_logprobs)
     return atomic.write_text(path, '\n'.join(lines) + '\n')
 
 
@@ -136,3 +153,54 @@ def predict(config, workdir: str, *, images: Sequence[str] = (), image_list: Opt
     if jax.process_index() == 0:
         write_predictions(out, generated, paths, with_token_logprobs)
     return out
+
+
+def predict_exported(model_dir: str, *, images: Sequence[str] = (),
+                     image_list: Optional[str] = None, output: Optional[str] = None,
+                     with_token_logprobs: bool = False) -> Optional[pathlib.Path]:
+    """Reports from an export folder alone (no dataset, no workdir); writes `output`, or prints
+    the JSON lines to stdout when it is None. Returns the output path (None: stdout)."""
+    from jima_jax import exported
+    studies = parse_studies(images, image_list)
+    model = exported.ExportedModel.load(model_dir)
+    generated = model.generate(studies)
+    lines = prediction_lines(generated, dict(studies), with_token_logprobs)
+    if output is None:
+        print('\n'.join(lines), flush=True)
+        return None
+    return atomic.write_text(output, '\n'.join(lines) + '\n')
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """`python -m jima_jax.predict --model DIR --images a.png[,b.png] ...`; exit 2 on a user
+    error, with one `error: ...` line on stderr."""
+    parser = argparse.ArgumentParser(
+        prog='python -m jima_jax.predict',
+        description='Radiology reports for image files, from a folder written by '
+                    'python -m jima_jax.main --mode export.')
+    parser.add_argument('--model', required=True, help='the export folder')
+    parser.add_argument('--images', nargs='+', action='extend', default=[],
+                        metavar='FILE[,FILE]', help='one study per value, its views joined by '
+                        'commas (frontal first); a 2-view model repeats a lone view')
+    parser.add_argument('--image_list', help='a file of studies: JSON lines {"id": ..., '
+                        '"images": [...]} or lines path[,path]')
+    parser.add_argument('--output', help='JSON lines file to write (default: stdout)')
+    parser.add_argument('--token_logprobs', action='store_true',
+                        help='add per-token log-probs to every line')
+    parser.add_argument('--verbose', action='store_true', help='tracebacks on errors')
+    args = parser.parse_args(argv)
+    try:
+        out = predict_exported(args.model, images=args.images, image_list=args.image_list,
+                               output=args.output, with_token_logprobs=args.token_logprobs)
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as e:
+        if args.verbose:
+            raise
+        print(f'error: {" ".join(str(e).split())}', file=sys.stderr, flush=True)
+        return 2
+    if out is not None:
+        print(f'written to {out}', file=sys.stderr)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

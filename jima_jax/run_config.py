@@ -37,6 +37,11 @@ def _governed(key: str) -> bool:
     return key.startswith(STRUCTURE) and not key.startswith(FREE)
 
 
+# Public names for other modules (jima_jax.export compares exports by these keys).
+flat = _flat
+governed = _governed
+
+
 def _same(a, b) -> bool:
     norm = lambda x: list(x) if isinstance(x, (list, tuple)) else x  # JSON has no tuples
     return norm(a) == norm(b)

@@ -1,0 +1,52 @@
+r"""The `make demo` run: JIMA on the built-in phantom corpus, about 10 CPU-minutes.
+
+  python -m jima_jax.main --config configs/demo.py --workdir runs/demo
+  python -m jima_jax.main --config configs/demo.py:long --workdir runs/demo_long
+
+The recipe was chosen by measurement (experiments/reading_sweep.py; README, "Models that read the
+radiograph"): 3,000 studies, f_R first pre-trained on the labels the labeler reads from the
+training reports (`pretrain.steps`), then Algorithm 1 at constant learning rates 2e-3 (alpha) /
+1e-3 (beta). The default stops after 300 pre-training and 748 training steps, where the model has
+begun to read its images; ':long' (400 + 3,200 steps, about 25-30 minutes on 2 CPU cores) reads them
+clearly. ':tiny' is the former 3-minute demo (480 studies, 180 steps), which writes one report
+for every study.
+"""
+from jima_jax.configs import default
+
+
+def get_config(arg=None):
+    if arg not in (None, '', 'long', 'tiny'):
+        raise ValueError(f"configs/demo.py:{arg}: expected no variant, ':long' or ':tiny'.")
+    c = default.get_config()
+    c.data.name = 'phantom'
+    c.data.image_size = 72
+    c.data.max_len = 48
+    c.data.max_entities = 24
+    c.data.phantom.num_train = 3000  # with 480 studies the model memorises instead of reading
+    c.data.phantom.num_val = 64
+    c.data.phantom.num_test = 96
+    c.input.batch_size = 16
+    c.input.eval_batch_size = 32
+    c.input.image_size = 64
+    default.use_cpu_minutes_model(c)
+    c.pretrain.steps = 300
+    c.pretrain.batch_size = 32
+    c.optim.task1.lr = 2e-3
+    c.optim.task2.lr = 1e-3
+    c.optim.task1.decay_rate = c.optim.task2.decay_rate = 1.0
+    c.train.num_epochs = 4
+    c.train.log_every_steps = 25
+    c.decode.max_len = 48
+    if arg == 'long':
+        c.pretrain.steps = 400
+        c.train.num_epochs = 18
+        c.train.max_steps = 3200
+        c.train.log_every_steps = 50
+    if arg == 'tiny':  # the demo before 2026-12-04
+        c.data.phantom.num_train = 480
+        c.pretrain.steps = 0
+        c.optim.task1.lr = c.optim.task2.lr = 5e-4
+        c.optim.task1.decay_rate = c.optim.task2.decay_rate = 0.9
+        c.train.num_epochs = 6
+        c.train.log_every_steps = 10
+    return c
