@@ -2,8 +2,10 @@
 # `make demo DEMO_CONFIG=configs/demo.py:long DEMO_DIR=runs/demo_long`: the recipe that reads its images.
 # Each target creates .venv on first use (Python 3.11 or 3.12 as $(PYTHON)) and installs the pinned
 # dependency set for that Python, requirements/py<XY>-cpu.txt, then jima_jax itself (editable,
-# --no-deps), so every install of one commit gets the same versions. `make deps-upgrade` re-resolves
-# those files at the newest versions and checks them (requirements/upgrade.sh).
+# --no-deps), so every install of one commit gets the same versions. That set computes on the CPU:
+# `make install-cuda` (NVIDIA GPUs, CUDA 12) or `make install-tpu` (Cloud TPU VMs) adds JAX's
+# plugin to it. `make deps-upgrade` re-resolves those files at the newest versions and checks them
+# (requirements/upgrade.sh).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -23,7 +25,7 @@ PY_TAG := $(or $(shell $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) -
 LOCK := requirements/$(PY_TAG)-$(PLATFORM).txt
 INSTALLED := $(VENV)/.installed-$(PY_TAG)-$(PLATFORM)
 
-.PHONY: demo test bench install deps-upgrade clean-venv
+.PHONY: demo test bench install install-cuda install-tpu deps-upgrade clean-venv
 
 define check_python
 @$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else \
@@ -52,6 +54,20 @@ $(INSTALLED): $(LOCK) setup.cfg pyproject.toml | $(BIN)/python
 	@touch $@
 
 install: $(INSTALLED)
+
+# GPU / TPU: the pinned set above, then JAX's plugin for its pinned jax version through the
+# setup.cfg extra (cuda12: jax-cuda12-plugin with NVIDIA's CUDA wheels; tpu: libtpu). The lock file
+# is the constraint, so nothing pinned moves; the plugin's own wheels are whatever that jax asks
+# for. Needs PyPI; run it on a machine of that kind (or its login node), then check there with
+# `$(BIN)/python -m jima_jax.accelerator gpu` (tpu); the launch scripts run that check too.
+install-cuda: EXTRA := cuda12
+install-cuda: ACCELERATOR := gpu
+install-tpu: EXTRA := tpu
+install-tpu: ACCELERATOR := tpu
+install-cuda install-tpu: $(INSTALLED)
+	@echo "$@: installs jax[$(EXTRA)] at $$(grep -m1 '^jax==' $(LOCK)) (the version in $(LOCK)) into $(VENV)"
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e ".[$(EXTRA)]"
+	@echo "$@: done; on the $(ACCELERATOR) machine check: $(BIN)/python -m jima_jax.accelerator $(ACCELERATOR)"
 
 # The venv's bin/ first on PATH, as in an activated venv: tools installed from PyPI (java for
 # METEOR, shellcheck for the launch-script tests) are found there.

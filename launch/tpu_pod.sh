@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Train on a Cloud TPU VM slice: create it (or attach to it), copy and install this checkout on
-# every worker, prepare the data on every worker, run `python -m jima_jax.main` on all workers at
-# once (jax.distributed reads the slice from the TPU metadata), and stream worker 0's log.
+# every worker (`make install-tpu`: the pinned set plus jax[tpu]), check that JAX computes on the
+# TPU on every worker (fails at once, naming the fix, when it does not), prepare the data on every
+# worker, run `python -m jima_jax.main` on all workers at once (jax.distributed reads the slice
+# from the TPU metadata), and stream worker 0's log.
 #
 #   launch/tpu_pod.sh --name jima-v4 --zone us-central2-b --accelerator-type v4-32 --create \
 #       -- --config configs/iu_xray.py --workdir /mnt/shared/runs/iu [--config.key=value ...]
@@ -23,6 +25,7 @@ usage: launch/tpu_pod.sh --name NAME --zone ZONE [options] -- MAIN_FLAGS...
   --create                 create the slice if it does not exist (default: attach only)
   --spot                   create it as a Spot VM
   --remote-dir DIR         checkout location on the workers, under $HOME (default: jima_jax)
+  --python PYTHON          the workers' Python >= 3.11 for the venv (default: python3)
   --skip-install           the workers already hold this checkout and its venv
   --skip-prepare           the data is already prepared on every worker
   --dry-run                print the commands, run nothing
@@ -31,7 +34,7 @@ EOF
 }
 
 name="" zone="" project="" accelerator=v4-32 version=tpu-ubuntu2204-base
-create=0 spot=0 remote_dir=jima_jax install=1 prepare=1 dry_run=0
+create=0 spot=0 remote_dir=jima_jax python=python3 install=1 prepare=1 dry_run=0
 main_args=()
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -41,6 +44,7 @@ while [[ $# -gt 0 ]]; do
     --accelerator-type) accelerator=${2:?--accelerator-type needs a value}; shift 2 ;;
     --version) version=${2:?--version needs a value}; shift 2 ;;
     --remote-dir) remote_dir=${2:?--remote-dir needs a value}; shift 2 ;;
+    --python) python=${2:?--python needs a value}; shift 2 ;;
     --create) create=1; shift ;;
     --spot) spot=1; shift ;;
     --skip-install) install=0; shift ;;
@@ -94,29 +98,39 @@ else
   echo "attaching to TPU VM $name ($zone)"
 fi
 
-# 2. copy this checkout to every worker and install it there (a venv with jax[tpu])
+# 2. copy this checkout to every worker and install it there (a venv with jax[tpu]; make is
+#    installed first where the image lacks it)
 if ((install)); then
   tarball=${TMPDIR:-/tmp}/jima_jax_$$.tar.gz
   run tar -czf "$tarball" --exclude=./.git --exclude=./.venv --exclude=./.cache --exclude=./runs \
     -C "$root" .
   run "${tpu[@]}" scp "$tarball" "$name:jima_jax.tar.gz" --worker=all "${where[@]}"
   run "${tpu[@]}" ssh "$name" --worker=all "${where[@]}" --command="set -e; mkdir -p $remote_dir; \
-tar -xzf jima_jax.tar.gz -C $remote_dir; cd $remote_dir; [ -x .venv/bin/python ] || python3 -m venv .venv; \
-.venv/bin/pip install -q -U pip; .venv/bin/pip install -q -e . 'jax[tpu]'"
+tar -xzf jima_jax.tar.gz -C $remote_dir; cd $remote_dir; command -v make >/dev/null || \
+{ sudo apt-get update -qq && sudo apt-get install -y -qq make; }; make install-tpu PYTHON=$python"
   ((dry_run)) || rm -f "$tarball"
 fi
 
-# 3. prepare the data on every worker (each has its own disk; skip when data_dir is shared and done)
+# 3. JAX must compute on the TPU on every worker (with a CPU-only jax it would train on the CPU)
+if ! run "${tpu[@]}" ssh "$name" --worker=all "${where[@]}" \
+    --command="cd $remote_dir && .venv/bin/python -m jima_jax.accelerator tpu"; then
+  echo "error: JAX does not compute on tpu on every worker of $name (the lines above say why);" \
+    "nothing was prepared or trained. Fix: rerun without --skip-install (it runs make" \
+    "install-tpu on every worker), or run make install-tpu in ~/$remote_dir on each." >&2
+  exit 3
+fi
+
+# 4. prepare the data on every worker (each has its own disk; skip when data_dir is shared and done)
 if ((prepare)); then
   run "${tpu[@]}" ssh "$name" --worker=all "${where[@]}" \
     --command="cd $remote_dir && .venv/bin/python -m jima_jax.main ${flags_q}--mode=prepare"
 fi
 
-# 4. start training on every worker at once (in the background, so a dropped ssh does not kill it)
+# 5. start training on every worker at once (in the background, so a dropped ssh does not kill it)
 run "${tpu[@]}" ssh "$name" --worker=all "${where[@]}" --command="cd $remote_dir && \
 TF_CPP_MIN_LOG_LEVEL=2 nohup .venv/bin/python -m jima_jax.main --distributed=tpu ${flags_q% } \
 > ~/jima_run.log 2>&1 < /dev/null & echo \$! > ~/jima_run.pid"
 
-# 5. stream worker 0's log until its process ends (other workers: ~/jima_run.log on each)
+# 6. stream worker 0's log until its process ends (other workers: ~/jima_run.log on each)
 run "${tpu[@]}" ssh "$name" --worker=0 "${where[@]}" \
   --command="tail --pid=\$(cat ~/jima_run.pid) -n +1 -f ~/jima_run.log"

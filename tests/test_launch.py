@@ -1,7 +1,9 @@
 """launch/: every script parses (bash -n, shellcheck when installed); tpu_pod.sh --dry-run prints
 the expected gcloud commands and runs nothing; gpu_slurm.sbatch calls srun as intended (a fake
-srun records the calls); local_multihost.sh validates its arguments and stops every process when
-one fails. The real multi-process training run is in tests/test_multihost.py.
+srun records the calls); both fail loudly, before preparing or training, when JAX does not
+compute on their accelerator (the real check, run on this CPU-only jax); local_multihost.sh
+validates its arguments and stops every process when one fails. The real multi-process training
+run is in tests/test_multihost.py.
 """
 
 import os
@@ -9,6 +11,7 @@ import pathlib
 import shlex
 import shutil
 import subprocess
+import sys
 import textwrap
 import time
 
@@ -82,8 +85,8 @@ def test_tpu_pod_dry_run_prints_every_command_and_runs_none(tmp_path):
     assert [c[:5] for c in cmds] == [
         tpu + ['describe'], tpu + ['create'], ['tar', '-czf', cmds[2][2], '--exclude=./.git',
                                                '--exclude=./.venv'],
-        tpu + ['scp'], tpu + ['ssh'], tpu + ['ssh'], tpu + ['ssh'], tpu + ['ssh']]
-    describe, create, tar, scp, install, prepare, start, stream = cmds
+        tpu + ['scp'], tpu + ['ssh'], tpu + ['ssh'], tpu + ['ssh'], tpu + ['ssh'], tpu + ['ssh']]
+    describe, create, tar, scp, install, check, prepare, start, stream = cmds
     assert describe == tpu + ['describe', 'jima-v4'] + where
     assert create == tpu + ['create', 'jima-v4'] + where + [
         '--accelerator-type=v4-16', '--version=tpu-ubuntu2204-base', '--spot']
@@ -96,7 +99,9 @@ def test_tpu_pod_dry_run_prints_every_command_and_runs_none(tmp_path):
         (command,) = [c[len('--command='):] for c in cmd if c.startswith('--command=')]
         return command
 
-    assert "pip install -q -e . 'jax[tpu]'" in remote(install, 'all')
+    # the pinned set plus jax[tpu], as on any machine; then JAX must find the TPU on every worker
+    assert remote(install, 'all').endswith('make install-tpu PYTHON=python3')
+    assert remote(check, 'all') == 'cd jima_jax && .venv/bin/python -m jima_jax.accelerator tpu'
     # the main.py flags reach every worker intact (the path with a space stays one argument)
     prepare_words = shlex.split(remote(prepare, 'all'))
     assert prepare_words[:3] == ['cd', 'jima_jax', '&&']
@@ -119,9 +124,40 @@ def test_tpu_pod_attach_runs_the_same_commands(tmp_path):
     assert proc.returncode == 0, proc.stderr
     calls = _calls(tmp_path, 'gcloud')
     assert [c[:4] for c in calls] == [['compute', 'tpus', 'tpu-vm', 'describe']] + [
-        ['compute', 'tpus', 'tpu-vm', 'ssh']] * 2
-    assert calls[1][4:6] == ['n', '--worker=all'] and calls[2][4:6] == ['n', '--worker=0']
-    assert '--distributed=tpu' in calls[1][-1]
+        ['compute', 'tpus', 'tpu-vm', 'ssh']] * 3
+    assert [c[4:6] for c in calls[1:]] == [['n', '--worker=all']] * 2 + [['n', '--worker=0']]
+    assert 'jima_jax.accelerator tpu' in calls[1][-1]  # checked even with --skip-install
+    assert '--distributed=tpu' in calls[2][-1]
+
+
+def _worker_home(tmp_path: pathlib.Path) -> pathlib.Path:
+    """A TPU worker's $HOME with the checkout in ~/jima_jax, whose .venv is this test's Python."""
+    home = tmp_path / 'home'
+    (home / 'jima_jax' / '.venv' / 'bin').mkdir(parents=True)
+    python = home / 'jima_jax' / '.venv' / 'bin' / 'python'
+    python.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+    python.chmod(0o755)
+    return home
+
+
+def test_tpu_pod_fails_loudly_when_the_workers_jax_is_not_on_a_tpu(tmp_path):
+    """gcloud faked: `ssh --command=...` runs the command here, in the worker's home, on this
+    CPU-only jax. The real check must stop the launch before preparing or training."""
+    home = _worker_home(tmp_path)
+    env = _fake(tmp_path, 'gcloud', textwrap.dedent(f'''
+        for a in "$@"; do case $a in --command=*) cmd=${{a#--command=}} ;; esac; done
+        [ -n "${{cmd:-}}" ] || exit 0
+        cd {home} && PYTHONPATH={REPO} JAX_PLATFORMS= bash -c "$cmd"
+    '''))
+    proc = _run(['bash', 'launch/tpu_pod.sh', '--name', 'n', '--zone', 'z', '--skip-install',
+                 '--skip-prepare', '--', *MAIN_FLAGS], env=env, timeout=120)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    # the worker's own line: which platform, what JAX found, and the install that fixes it
+    assert "expected JAX to compute on tpu, but jax.default_backend() is 'cpu'" in proc.stderr
+    assert 'make install-tpu' in proc.stderr
+    assert 'error: JAX does not compute on tpu on every worker of n' in proc.stderr
+    calls = _calls(tmp_path, 'gcloud')
+    assert not any('jima_jax.main' in c[-1] for c in calls)  # nothing prepared or started
 
 
 def test_tpu_pod_missing_slice_without_create_fails(tmp_path):
@@ -168,7 +204,10 @@ def test_sbatch_prepares_then_runs_one_process_per_task(tmp_path, per_node):
     env.pop('JIMA_COORDINATOR_PORT', None)
     proc = _run(['bash', 'launch/gpu_slurm.sbatch', *MAIN_FLAGS], env=env)
     assert proc.returncode == 0, proc.stderr
-    prepare, train = _calls(tmp_path, 'srun')
+    check, prepare, train = _calls(tmp_path, 'srun')
+    # first, one task per node: JAX must compute on the GPUs there
+    assert check == ['--nodes=4', '--ntasks=4', '--ntasks-per-node=1', '.venv/bin/python', '-m',
+                     'jima_jax.accelerator', 'gpu']
     i = prepare.index('-m')
     assert prepare[i - 1:] == ['.venv/bin/python', '-m', 'jima_jax.main', *MAIN_FLAGS,
                                '--mode=prepare']
@@ -180,7 +219,42 @@ def test_sbatch_prepares_then_runs_one_process_per_task(tmp_path, per_node):
     assert train == ['--kill-on-bad-exit=1', '.venv/bin/python', '-u', '-m', 'jima_jax.main',
                      '--distributed=slurm', *MAIN_FLAGS]
     ports = (tmp_path / 'srun.env').read_text().split()
-    assert ports == [f'port={20000 + 987654 % 20000}'] * 2
+    assert ports == [f'port={20000 + 987654 % 20000}'] * 3
+
+
+# A fake srun that runs the accelerator check here (on this CPU-only jax) and records the rest.
+_SRUN_RUNS_THE_CHECK = '''
+while [[ $1 == --* ]]; do shift; done
+if [[ " $* " == *" jima_jax.accelerator "* ]]; then exec "$@"; fi
+'''
+
+
+@pytest.mark.parametrize('expect', ['', 'tpu'])
+def test_sbatch_fails_loudly_when_jax_is_not_on_the_expected_accelerator(tmp_path, expect):
+    env = _fake(tmp_path, 'srun', _SRUN_RUNS_THE_CHECK)
+    env.update(SLURM_JOB_ID='42', SLURM_JOB_NUM_NODES='2', SLURM_SUBMIT_DIR=str(REPO),
+               PYTHON=sys.executable, PYTHONPATH=str(REPO), JIMA_EXPECT_BACKEND=expect)
+    env.pop('JAX_PLATFORMS', None)
+    proc = _run(['bash', 'launch/gpu_slurm.sbatch', *MAIN_FLAGS], env=env, timeout=120)
+    platform = expect or 'gpu'
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert (f"expected JAX to compute on {platform}, but jax.default_backend() is 'cpu'"
+            in proc.stderr)
+    assert f'make install-{"cuda" if platform == "gpu" else "tpu"}' in proc.stderr
+    assert f'error: JAX does not compute on {platform} on every node of job 42' in proc.stderr
+    assert len(_calls(tmp_path, 'srun')) == 1  # neither prepared nor trained
+
+
+def test_sbatch_trains_when_jax_is_on_the_expected_platform(tmp_path):
+    env = _fake(tmp_path, 'srun', _SRUN_RUNS_THE_CHECK)
+    env.update(SLURM_JOB_ID='42', SLURM_JOB_NUM_NODES='1', SLURM_SUBMIT_DIR=str(REPO),
+               PYTHON=sys.executable, PYTHONPATH=str(REPO), JIMA_EXPECT_BACKEND='cpu',
+               JAX_PLATFORMS='cpu')
+    proc = _run(['bash', 'launch/gpu_slurm.sbatch', *MAIN_FLAGS], env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert 'JAX computes on cpu' in proc.stdout
+    calls = _calls(tmp_path, 'srun')
+    assert len(calls) == 3 and '--distributed=slurm' in calls[2]  # then prepared and trained
 
 
 def test_sbatch_outside_slurm_fails():

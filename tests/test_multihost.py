@@ -1,9 +1,11 @@
-"""Multi-process runs: who-am-I resolution (flags, SLURM, TPU), joining a job, and the end-to-end
-check that `launch/local_multihost.sh 2 2` trains exactly like one process with 4 devices.
+"""Multi-process runs: who-am-I resolution (flags, SLURM, TPU), joining a job, the end-to-end
+check that `launch/local_multihost.sh 2 2` trains exactly like one process with 4 devices, and
+that SIGTERM to one process of such a job stops every process at the same step.
 
-The end-to-end test (`test_two_processes_train_like_one_process_with_four_devices`) is the slow
-one here (about 1-2 minutes on 2 cores: two smoke trainings compiled side by side); set
-JIMA_SKIP_MULTIHOST_E2E=1 to skip it.
+The two end-to-end tests (`test_two_processes_train_like_one_process_with_four_devices`,
+`test_sigterm_to_one_process_stops_every_process_at_one_step`) are the slow ones here (each about
+1-3 minutes on 2 cores: smoke trainings compiled side by side); set JIMA_SKIP_MULTIHOST_E2E=1 to
+skip them.
 """
 
 import json
@@ -169,10 +171,13 @@ JOIN = textwrap.dedent('''
             marker.write_text('0')
         return seen
     seen = distributed.process_zero_first(touch, 'test')
+    # a flag set on process 1 only (its SIGTERM) is seen by every process
+    agreed = [distributed.any_process(jax.process_index() == 1), distributed.any_process(False)]
     # a file, not stdout: gloo's C++ logging can land in the middle of a printed line
     pathlib.Path(f'{marker}.result{jax.process_index()}').write_text(json.dumps(dict(
         source=cluster.source, index=jax.process_index(), count=jax.process_count(),
-        devices=jax.device_count(), total=float(total), seen_marker=seen)))
+        devices=jax.device_count(), total=float(total), seen_marker=seen, agreed=agreed,
+        preemption_service=jax.config.jax_enable_preemption_service)))
 ''')
 
 
@@ -200,6 +205,10 @@ def test_two_slurm_tasks_join_one_job(tmp_path):
         assert r['total'] == 2 * 1.0 + 2 * 2.0  # both processes' slices are in the global sum
     # process 0 ran first; process 1 ran after the barrier and saw its result
     assert [r['seen_marker'] for r in results] == [False, True]
+    # the stop agreement: process 1's flag reaches process 0; no flag, no stop
+    assert [r['agreed'] for r in results] == [[True, False]] * 2
+    # JAX's preemption service (it would swallow SIGTERM outside the training loop) is off
+    assert [r['preemption_service'] for r in results] == [False, False]
 
 
 SMOKE_OVERRIDES = ['--config', 'configs/smoke.py', '--config.train.max_steps=4',
@@ -287,3 +296,84 @@ def _restore_flat(path: pathlib.Path) -> dict:
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
                           ckpt.metadata(path).item_metadata)
     return ocp.tree.to_flat_dict(ckpt.restore(path, target))
+
+
+def _pid_of(*words: str) -> int:
+    """The running process whose command line holds every one of `words`."""
+    for entry in pathlib.Path('/proc').iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / 'cmdline').read_bytes().decode(errors='replace').split('\0')
+        except OSError:
+            continue
+        if (argv[0].rsplit('/', 1)[-1] != 'setsid' and 'jima_jax.main' in argv
+                and all(w in argv for w in words)):
+            return int(entry.name)
+    raise LookupError(f'no process with {words}')
+
+
+def _saved_step(text: str, prefix: str) -> int:
+    assert prefix in text, text[-3000:]
+    return int(text.split(prefix)[1].split()[0])
+
+
+@pytest.mark.skipif(os.environ.get('JIMA_SKIP_MULTIHOST_E2E') == '1',
+                    reason='JIMA_SKIP_MULTIHOST_E2E=1')
+@pytest.mark.skipif(not pathlib.Path('/proc').is_dir(), reason='finds process 1 through /proc')
+def test_sigterm_to_one_process_stops_every_process_at_one_step(tmp_path, smoke_dataset):
+    """SLOW (2-3 min on 2 busy cores). SIGTERM reaches process 1 only; both processes must stop at the
+    same step (the next logging step), save one complete checkpoint there together, and exit
+    cleanly; a one-process run resumes from it. Without the agreement process 1 would save and
+    exit alone and process 0 would wait for it in the next collective until the launcher's
+    SIGKILL."""
+    workdir = tmp_path / 'job'
+    flags = ['--config', 'configs/smoke.py', '--config.train.num_epochs=1',
+             '--config.train.steps_per_epoch=1000', '--config.train.log_every_steps=3',
+             '--workdir', str(workdir)]
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu',
+               JIMA_COORDINATOR_PORT=str(_free_port()), STOP_GRACE_S='5')
+    job = subprocess.Popen(['bash', 'launch/local_multihost.sh', '2', '2', *flags],
+                           cwd=str(REPO), env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log1 = workdir / 'logs' / 'process_1.log'
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and job.poll() is None:
+            # process 0 logs step 3 only once process 1 ran it too: both are in the loop
+            if (workdir / 'train_log.jsonl').exists() and _train_rows(workdir):
+                break
+            time.sleep(0.2)
+        assert job.poll() is None, job.communicate()[1][-3000:]
+        os.kill(_pid_of('--process_id=1', str(workdir)), signal.SIGTERM)
+        out, err = job.communicate(timeout=240)
+    finally:
+        _stop(job)
+    log = log1.read_text()
+    assert job.returncode == 0, err[-3000:] + log[-3000:]
+    stopped_0 = _saved_step(out, 'SIGTERM (to another process): saved step ')
+    stopped_1 = _saved_step(log, 'SIGTERM: saved step ')
+    assert stopped_0 == stopped_1 and stopped_0 % 3 == 0 and 3 <= stopped_0 < 1000
+    assert 'preempted' in out
+    # one checkpoint at that step, complete: the position and every file's checksum written
+    import ml_collections
+    from jima_jax.train import checkpoint
+    ckpt_dir = workdir / 'checkpoints'
+    assert sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()) == [stopped_0]
+    ck = checkpoint.Checkpointer(ckpt_dir, ml_collections.ConfigDict(dict(
+        best_metric='val/loss/report', best_mode='min', keep_checkpoints=3)))
+    try:
+        assert ck.find_damage(stopped_0) is None
+        assert (ck.step_dir(stopped_0) / checkpoint.CHECKSUMS).exists()
+        assert ck.read_extra(stopped_0)['position'] == {'epoch': 0, 'step_in_epoch': stopped_0}
+    finally:
+        ck.close()
+    # ... and resumable: one process with the job's 4 devices takes it up and trains on
+    resume = subprocess.run(
+        [sys.executable, '-m', 'jima_jax.main', *flags, '--num_cpu_devices=4',
+         f'--config.train.max_steps={stopped_0 + 3}'], cwd=str(REPO), env=env,
+        capture_output=True, text=True, timeout=300)
+    assert resume.returncode == 0, resume.stderr[-3000:]
+    assert f'resuming from step {stopped_0} (epoch 1, batch {stopped_0})' in resume.stdout
+    steps = [r['step'] for r in _train_rows(workdir)]
+    assert steps == list(range(3, stopped_0 + 4, 3))  # logged once each, on from the stop

@@ -187,6 +187,11 @@ def initialize(cluster: Cluster, *, num_cpu_devices: int = 0, timeout_s: int = 3
         jax.config.update('jax_num_cpu_devices', int(num_cpu_devices))
     if not cluster.multiprocess:
         return
+    # JAX's preemption service catches SIGTERM in C++ for `reached_preemption_sync_point`, which
+    # this project does not use: the training loop agrees on its stop step itself
+    # (`any_process`), and outside the loop SIGTERM should end the process as it does in a
+    # one-process run, not be swallowed.
+    jax.config.update('jax_enable_preemption_service', False)
     if not os.environ.get('JAX_CPU_COLLECTIVES_IMPLEMENTATION'):
         # Cross-process collectives between CPU devices (no-op for GPU/TPU computations).
         jax.config.update('jax_cpu_collectives_implementation', 'gloo')
@@ -243,3 +248,19 @@ def process_zero_first(fn: Callable[[], T], name: str) -> T:
     result = fn() if jax.process_index() == 0 else None
     multihost_utils.sync_global_devices(f'jima:{name}')
     return fn() if jax.process_index() != 0 else result
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process when `flag` is True on any one of them.
+
+    A host sync (one tiny all-gather across processes): call it only at steps that every process
+    of the job reaches, in the same order, or the call waits for the others forever.
+    """
+    import jax
+    import numpy as np
+
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+    flags = multihost_utils.process_allgather(np.asarray([int(bool(flag))], np.int32))
+    return bool(np.asarray(flags).any())
