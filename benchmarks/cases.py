@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from benchmarks import hardware
+from benchmarks import hardware, pmap_step
 from configs import default
 from jima_jax.data.types import EOS_ID
 from jima_jax.model import jima
@@ -131,13 +131,9 @@ class _Step:
         self.compile_s = time.perf_counter() - t0
 
     def _pmap(self, modeldef, cfg, vocab, devices, host_state, batches, tables, epoch):
-        n = len(devices)
-        fn = step_lib.pmap_train_step(modeldef, cfg, vocab)
-        self.state = step_lib.replicate_for_pmap(host_state, devices)
-        mesh = jax.sharding.Mesh(np.asarray(devices), (step_lib.PMAP_AXIS,))
-        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(step_lib.PMAP_AXIS))
-        a, b = (jax.tree.map(lambda x: jax.device_put(x.reshape((n, -1) + x.shape[1:]), sharding),
-                             batch) for batch in batches)
+        fn = pmap_step.pmap_train_step(modeldef, cfg, vocab)
+        self.state = pmap_step.replicate(host_state, devices)
+        a, b = (pmap_step.split_batch(batch, devices) for batch in batches)
         compiled = fn.lower(self.state, a, b, epoch, tables).compile()
         self.flops = hardware.program_flops(compiled)
         self.call = lambda st: compiled(st, a, b, epoch, tables)
@@ -147,8 +143,7 @@ class _Step:
         tasks = step_lib.TaskUpdates(modeldef, cfg, vocab)
 
         def task2(state, batch, epoch, tables):
-            key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-            state, loss = tasks.task2(state, batch, epoch, tables, key)
+            state, loss = tasks.task2(state, batch, epoch, tables, tasks.step_key(state))
             return state.replace(step=state.step + 1), loss
 
         shardings = dict(in_shardings=(sharding, bs, rep, rep), out_shardings=(sharding, rep),

@@ -157,9 +157,7 @@ def run_case(name: str, num_batches: int, rounds: int) -> dict:
     def logits(b):
         m = modeldef.merge(params, stats)
         images, tokens_in, _ = step_lib._inputs(b, c.model, c.input)
-        patches, pooled = m.features(images, train=False)
-        ent = m.entity_logits(patches, pooled)
-        return ent, m.report(patches, jax.nn.sigmoid(ent), tokens_in, None)
+        return m(images, tokens_in)
 
     host = jax.tree.map(np.asarray, jax.device_get(batches[0]))
     ent, rep_logits = jax.device_get(logits(batches[0]))

@@ -273,14 +273,12 @@ def make_generate_fn(modeldef, config: ml_collections.ConfigDict, vocab_size: in
 
     def generate(params, batch_stats, images) -> dict:
         model = modeldef.merge(params, batch_stats)
-        x = jima.normalize_images(images, icfg.mean, icfg.std, mcfg.in_channels)
-        patches, pooled = model.features(x.astype(jima.compute_dtype(mcfg.dtype)), train=False)
-        q = None  # the R2Gen baseline (model.entity_fusion=False) has no f_E
-        if model.entity_fusion:
-            q = jax.nn.sigmoid(model.entity_logits(patches, pooled).astype(jnp.float32))
+        # q is None in the R2Gen baseline (model.entity_fusion=False), which has no f_E
+        enc = model.encode(jima.input_images(images, mcfg, icfg), train=False)
+        q = enc.q
         decoder = model.report.transformer
         _check_max_len(max_len, decoder.max_len)
-        cache = decoder.init_cache(model.report.memory(patches, q, None), max_len)
+        cache = decoder.init_cache(model.report.memory(enc.patches, q, None), max_len)
         if beam_size == 1:
             out = greedy_search(decoder.decode_step, cache, images.shape[0], **search)
         else:

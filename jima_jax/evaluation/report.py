@@ -56,6 +56,11 @@ PAPER = {
 }
 
 
+def paper_dataset(name: str) -> Optional[str]:
+    """`name` when the paper reports numbers for that dataset (they go beside ours), else None."""
+    return name if name in PAPER else None
+
+
 def _fmt(value: Optional[float]) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"

@@ -7,11 +7,15 @@ tasks of Algorithm 1 update: Task 1 trains `visual` + `entity` on the entity los
 `model.entity_fusion=False` builds the model JIMA extends, R2Gen-style: no `entity` group, and the
 fusion layer projects the patch features alone (Linear(d -> width) + ReLU + dropout, R2Gen's
 att_embed), so every experiment can compare JIMA with the same network without f_E and q.
+
+The forward chain is written once: `JIMA.encode` (f_R, then f_E and q) and `JIMA.report` (fusion +
+f_T); `JIMA.__call__` chains them. The train step, the difficulty measurers and decoding all go
+through `encode`, so they cannot drift apart.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -116,6 +120,15 @@ class ReportGenerator(nnx.Module):
         return self.transformer.decode(tokens_in, self.memory(patches, q, rngs), rngs)
 
 
+class Encoding(NamedTuple):
+    """What f_R and f_E make of a batch of studies: the input of fusion + f_T."""
+
+    patches: jax.Array  # [B, V*h*w, d] patch features of all views
+    pooled: jax.Array  # [B, V*d] float32 pooled features, views concatenated
+    entity_logits: Optional[jax.Array]  # [B, |V|] float32; None without entity fusion
+    q: Optional[jax.Array]  # sigmoid(entity_logits), the entity distribution fusion reads
+
+
 class JIMA(nnx.Module):
     def __init__(self, cfg: ml_collections.ConfigDict, *, vocab_size: int, num_views: int,
                  max_len: int, rngs: nnx.Rngs):
@@ -155,15 +168,32 @@ class JIMA(nnx.Module):
                              'extractor f_E, so no entity logits.')
         return self.entity(patches, pooled, rngs)
 
+    def encode(self, images: jax.Array, train: bool, update_stats: bool = True,
+               rngs: Optional[nnx.Rngs] = None) -> Encoding:
+        """f_R, then f_E and q = sigmoid(entity logits) (both None in the R2Gen baseline).
+
+        images [B, V, H, W, C] normalised (`input_images`); `train`/`update_stats` as for
+        `features`; `rngs` (training only) drives f_E's dropout."""
+        patches, pooled = self.features(images, train, update_stats)
+        if not self.entity_fusion:
+            return Encoding(patches, pooled, None, None)
+        logits = self.entity_logits(patches, pooled, rngs).astype(jnp.float32)
+        return Encoding(patches, pooled, logits, jax.nn.sigmoid(logits))
+
     def __call__(self, images, tokens_in, train: bool = False,
                  rngs: Optional[nnx.Rngs] = None):
         """Full forward: entity logits [B, V] (None without entity fusion) and report logits
         [B, L, V]."""
-        patches, pooled = self.features(images, train)
-        if not self.entity_fusion:
-            return None, self.report(patches, None, tokens_in, rngs)
-        ent = self.entity_logits(patches, pooled, rngs)
-        return ent, self.report(patches, jax.nn.sigmoid(ent), tokens_in, rngs)
+        enc = self.encode(images, train, rngs=rngs)
+        return enc.entity_logits, self.report(enc.patches, enc.q, tokens_in, rngs)
+
+
+def input_images(images: jax.Array, mcfg: ml_collections.ConfigDict,
+                 icfg: ml_collections.ConfigDict) -> jax.Array:
+    """uint8 [B, V, H, W] -> what `encode` reads: normalised with input.{mean, std}, C =
+    model.in_channels, in model.dtype."""
+    x = normalize_images(images, icfg.mean, icfg.std, mcfg.in_channels)
+    return x.astype(compute_dtype(mcfg.dtype))
 
 
 def normalize_images(images: jax.Array, mean, std, in_channels: int) -> jax.Array:

@@ -10,7 +10,6 @@ which is much faster than XLA:CPU's native one on some jaxlib builds.
 from __future__ import annotations
 
 import functools
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -152,8 +151,8 @@ class BatchNorm(nnx.Module):
     `train=True` normalises with the batch statistics and updates the running ones (unless
     `frozen`, then the running statistics are used and kept). `update_stats=False` normalises with
     batch statistics but leaves the running ones untouched (the frozen f_R of the Task-2 update).
-    Under `jax.jit` the batch statistics are over the global (sharded) batch; under `pmap` pass
-    `axis_name` so they are averaged across devices the same way.
+    Under `jax.jit` the batch statistics are over the global (sharded) batch, however it is laid
+    out over devices.
     """
 
     def __init__(self, channels: int, *, momentum: float = 0.1, eps: float = 1e-5,
@@ -165,21 +164,11 @@ class BatchNorm(nnx.Module):
         self.momentum = momentum
         self.eps = eps
         self.frozen = frozen
-        self.axis_name: Optional[str] = None
 
     def __call__(self, x: jax.Array, train: bool, update_stats: bool = True) -> jax.Array:
         if train and not self.frozen:
-            xf = x.astype(jnp.float32)
-            mean = jnp.mean(xf, axis=(0, 1, 2))
-            if self.axis_name is not None:
-                mean = lax.pmean(mean, self.axis_name)
-            var = jnp.mean(jnp.square(xf - mean), axis=(0, 1, 2))  # two-pass: no cancellation
-            if self.axis_name is not None:
-                var = lax.pmean(var, self.axis_name)
+            mean, var, n = self.batch_moments(x.astype(jnp.float32))
             if update_stats:
-                n = x.shape[0] * x.shape[1] * x.shape[2]
-                if self.axis_name is not None:
-                    n = n * lax.psum(1, self.axis_name)
                 m = self.momentum
                 self.mean[...] = (1 - m) * self.mean[...] + m * mean
                 self.var[...] = (1 - m) * self.var[...] + m * var * (n / jnp.maximum(n - 1, 1))
@@ -188,6 +177,15 @@ class BatchNorm(nnx.Module):
         inv = lax.rsqrt(var + self.eps) * self.scale[...]
         shift = self.bias[...] - mean * inv
         return (x * inv.astype(x.dtype) + shift.astype(x.dtype))
+
+    def batch_moments(self, xf: jax.Array):
+        """(mean, biased variance, element count) per channel over (N, H, W) of this batch.
+
+        The one place a batch statistic is taken, so that a data-parallel variant that sees only
+        its shard (benchmarks/pmap_step.py) can average across devices by overriding it."""
+        mean = jnp.mean(xf, axis=(0, 1, 2))
+        var = jnp.mean(jnp.square(xf - mean), axis=(0, 1, 2))  # two-pass: no cancellation
+        return mean, var, xf.shape[0] * xf.shape[1] * xf.shape[2]
 
 
 def materialize(x: jax.Array) -> jax.Array:

@@ -28,7 +28,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jima_jax.data import pipeline as pipeline_lib
 from jima_jax.data.types import EOS_ID, PAD_ID, PreparedSplit
 from jima_jax.train import parallel
 from jima_jax.train import step as step_lib
@@ -110,12 +109,7 @@ def build_score_step(modeldef: step_lib.ModelDef, mcfg, icfg) -> Callable:
     def score(params, batch_stats, batch):
         model = modeldef.merge(params, batch_stats)
         images, tokens_in, targets = step_lib._inputs(batch, mcfg, icfg)
-        patches, pooled = model.features(images, train=False)
-        ent_logits = q = None  # the R2Gen baseline has no f_E
-        if model.entity_fusion:
-            ent_logits = model.entity_logits(patches, pooled).astype(jnp.float32)
-            q = jax.nn.sigmoid(ent_logits)
-        logits = model.report(patches, q, tokens_in, None)
+        ent_logits, logits = model(images, tokens_in)  # ent_logits None in the R2Gen baseline
         return example_difficulty(ent_logits, logits.astype(jnp.float32), targets,
                                   batch['entities'])
 
@@ -133,8 +127,7 @@ def jit_score_step(score_fn: Callable, mesh, state_sharding) -> Callable:
 def score_split(score_fn: Callable, params, batch_stats, split: PreparedSplit, icfg, *,
                 seed: int, mesh) -> Difficulty:
     """Difficulties of every example of `split` (eval batches; padding rows dropped)."""
-    pipe = pipeline_lib.SplitPipeline(split, icfg, seed=seed, process_index=jax.process_index(),
-                                      process_count=jax.process_count())
+    pipe = parallel.host_pipeline(split, icfg, seed)
     sharding = parallel.batch_sharding(mesh)
     outputs = []  # device arrays; fetched once at the end so dispatch runs ahead of the host
     for batch in pipe.eval_batches():

@@ -2,7 +2,8 @@
 
 Flow: prepared data -> model + state (fresh, or restored from `<workdir>/checkpoints`) -> per
 epoch: curriculum kept sets -> two tf.data streams -> the fused jitted step -> periodic logging ->
-validation -> checkpoint. SIGTERM makes the loop save the current position and return cleanly;
+validation -> checkpoint. SIGTERM makes the loop save the current position and return cleanly
+(every process of a multi-process job at the same step, even when only one got the signal);
 rerunning with the same `--workdir` resumes from it exactly.
 """
 
@@ -28,7 +29,7 @@ from jima_jax.data.types import PreparedDataset
 from jima_jax.model import jima, resnet
 from jima_jax.evaluation import report as report_lib
 from jima_jax.train import checkpoint, curriculum as curriculum_lib, losses, parallel, reporting
-from jima_jax.train import difficulty, pretrain as pretrain_lib
+from jima_jax.train import difficulty, distributed, pretrain as pretrain_lib
 from jima_jax.train import validate
 from jima_jax.train import step as step_lib
 
@@ -123,16 +124,39 @@ def setup(config, workdir: str | pathlib.Path, *, restore: bool = True,
 
 
 class _Preemption:
-    """SIGTERM sets a flag the loop checks between steps (never interrupts a step or a save)."""
+    """SIGTERM sets a flag the loop checks between steps (never interrupts a step or a save).
+
+    One process stops at the next step. In a multi-process job each process gets its own signal
+    (a scheduler may warn one node first, a user may kill one task), and one that stopped alone
+    would leave the others waiting in the next collective (a train step, the checkpoint save).
+    So there `requested` is what all processes agreed at the last `poll(sync_point=True)`: the
+    loop polls with True at the steps where it reads its metrics back anyway (every
+    train.log_every_steps and each epoch's last step), so every process stops at the same step
+    and the agreement adds no host sync of its own.
+    """
 
     def __init__(self):
-        self.requested = False
+        self.received = False  # this process got SIGTERM
+        self._agreed = False
+        self._multi = jax.process_count() > 1
         self._previous = None
+
+    @property
+    def requested(self) -> bool:
+        """Whether the loop stops (the same answer on every process of a job)."""
+        return self._agreed if self._multi else self.received
+
+    def poll(self, sync_point: bool) -> bool:
+        """`requested`, after agreeing with the other processes when `sync_point` (a step every
+        process reaches: a host sync)."""
+        if self._multi and sync_point and not self._agreed:
+            self._agreed = distributed.any_process(self.received)
+        return self.requested
 
     def __enter__(self):
         def handler(signum, frame):
             del signum, frame
-            self.requested = True
+            self.received = True
         try:
             self._previous = signal.signal(signal.SIGTERM, handler)
         except ValueError:  # not in the main thread (e.g. a notebook worker): no handler
@@ -153,26 +177,26 @@ def make_eval_fn(s: Setup):
 
 
 def evaluate_loss(s: Setup, eval_fn, split_name: str, state=None,
-                  shuffle_images: bool = False) -> dict[str, float]:
-    """Mean entity BCE and report NLL over a whole split (`<split>/loss/...`).
+                  shuffle_images: bool = False, tables=None) -> dict[str, float]:
+    """Mean entity BCE and report NLL over a whole split (`<split>/loss/...`), weighted as in
+    training (`s.loss_tables`) unless `tables` is given.
 
     `shuffle_images` gives every study the images of its neighbour in the batch (a roll by one):
     the losses a model earns without looking at its own image (`image_reliance` below).
     """
     state = s.state if state is None else state
+    tables = s.loss_tables if tables is None else tables
     split = s.dataset.splits[split_name]
     if len(split) == 0:
         return {}
-    pipe = pipeline_lib.SplitPipeline(split, s.config.input, seed=s.config.seed,
-                                      process_index=jax.process_index(),
-                                      process_count=jax.process_count())
+    pipe = parallel.host_pipeline(split, s.config.input, s.config.seed)
     sharding = parallel.batch_sharding(s.mesh)
     totals = None
     for batch in pipe.eval_batches():
         if shuffle_images:
             batch = dict(batch, images=np.roll(np.asarray(batch['images']), 1, axis=0))
         out = eval_fn(state.params, state.batch_stats, parallel.put_batch(batch, sharding),
-                      s.loss_tables)
+                      tables)
         totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
     t = jax.device_get(totals)
     return {f'{split_name}/loss/{task}': float(t[f'{task}_sum'] / max(t[f'{task}_count'], 1))
@@ -216,9 +240,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         step_lib.build_train_step(s.modeldef, config, s.vocab_size), mesh, s.state_sharding)
     eval_fn = make_eval_fn(s)
     generate_fn = score_fn = None
-    pipe = pipeline_lib.SplitPipeline(train, config.input, seed=config.seed,
-                                      process_index=jax.process_index(),
-                                      process_count=jax.process_count())
+    pipe = parallel.host_pipeline(train, config.input, config.seed)
     batch_sharding = parallel.batch_sharding(mesh)
     reporter = reporting.RunReporter(s.workdir, enabled=is_main,
                                      resume_step=int(jax.device_get(s.state.step)))
@@ -287,7 +309,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 in_epoch += 1
                 pending.append(metrics)
                 throughput.add(examples_per_step)
-                if step % config.train.log_every_steps == 0 or in_epoch == n_steps:
+                sync_point = step % config.train.log_every_steps == 0 or in_epoch == n_steps
+                if sync_point:
                     host = jax.device_get(pending)
                     pending = []
                     scalars = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
@@ -303,13 +326,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         and step % config.train.checkpoint_every_steps == 0
                         and in_epoch < n_steps):
                     save(epoch, in_epoch)
-                if preempt.requested or (max_steps and step >= max_steps):
+                if preempt.poll(sync_point) or (max_steps and step >= max_steps):
                     break
             if preempt.requested:
                 save(epoch, in_epoch)
                 status = 'preempted'
-                print(f'SIGTERM: saved step {step} (epoch {epoch + 1}, batch {in_epoch}); '
-                      f'rerun with the same --workdir to resume.', flush=True)
+                print(f'SIGTERM{"" if preempt.received else " (to another process)"}: saved '
+                      f'step {step} (epoch {epoch + 1}, batch {in_epoch}); rerun with the same '
+                      '--workdir to resume.', flush=True)
                 break
             if max_steps and step >= max_steps and in_epoch < n_steps:
                 save(epoch, in_epoch)
@@ -428,7 +452,15 @@ def checkpoint_label(which: str, step: Optional[int]):
     return 'best' if which in ('best', 'auto') else int(step)
 
 
-def image_reliance(s: Setup, eval_fn, split_name: str, losses_now: dict) -> dict[str, float]:
+def plain_loss_tables(s: Setup) -> losses.LossTables:
+    """All weights 1, placed like `s.loss_tables`: test losses and image reliance are plain
+    per-token NLL / BCE whatever the training reweighting, so runs with and without
+    `loss.token_weighting` etc. compare on one scale."""
+    return jax.device_put(losses.LossTables.uniform(s.vocab_size), parallel.replicated(s.mesh))
+
+
+def image_reliance(s: Setup, eval_fn, split_name: str, losses_now: dict,
+                   tables=None) -> dict[str, float]:
     """How much worse the losses get when each study is given another study's images.
 
     A model that reads the radiograph loses nats per token when the images are swapped; one that
@@ -436,7 +468,7 @@ def image_reliance(s: Setup, eval_fn, split_name: str, losses_now: dict) -> dict
     for every study) loses nothing. Reported as `<split>/image_reliance/{report,entity}` =
     shuffled loss - true loss.
     """
-    shuffled = evaluate_loss(s, eval_fn, split_name, shuffle_images=True)
+    shuffled = evaluate_loss(s, eval_fn, split_name, shuffle_images=True, tables=tables)
     return {f'{split_name}/image_reliance/{task}':
             shuffled[f'{split_name}/loss/{task}'] - losses_now[f'{split_name}/loss/{task}']
             for task in ('report', 'entity') if f'{split_name}/loss/{task}' in shuffled}
@@ -456,15 +488,16 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, split_name: str = 
     result = {'checkpoint': checkpoint_label(which, step),
               'step': int(jax.device_get(s.state.step))}
     eval_fn = make_eval_fn(s)
-    result.update(evaluate_loss(s, eval_fn, split_name))
-    result.update(image_reliance(s, eval_fn, split_name, result))
+    plain = plain_loss_tables(s)  # unweighted, comparable across loss settings
+    result.update(evaluate_loss(s, eval_fn, split_name, tables=plain))
+    result.update(image_reliance(s, eval_fn, split_name, result, tables=plain))
     out = s.workdir / 'eval' / split_name
     result.update(validate.evaluate_split(s, validate.make_generate(s), split_name, s.state,
                                           with_meteor=True, out_dir=out))
     s.checkpointer.close()
     if jax.process_index() == 0:  # rewrite with the loss keys included
-        dataset = config.data.name if config.data.name in ('iu_xray', 'mimic_cxr') else None
-        report_lib.write_results(result, out, dataset_name=dataset)
+        report_lib.write_results(result, out,
+                                 dataset_name=report_lib.paper_dataset(config.data.name))
     return result
 
 

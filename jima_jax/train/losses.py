@@ -2,8 +2,9 @@
 
 Each loss returns a (weighted sum, count) pair rather than a mean: the caller divides once, which
 keeps the value identical whether the batch sits on one device, is sharded by `jit`, or is split
-by `pmap` (where sums and counts are `psum`-ed). With every weight equal to 1 the pair's ratio is
-exactly the plain loss: mean NLL over non-pad tokens, mean BCE over vocabulary x examples.
+by `pmap` (benchmarks/pmap_step.py sums both across devices). With every weight equal to 1 the
+pair's ratio is exactly the plain loss: mean NLL over non-pad tokens, mean BCE over vocabulary x
+examples.
 """
 
 from __future__ import annotations

@@ -24,6 +24,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jima_jax.data import pipeline as pipeline_lib
+
 BATCH_AXES = ('data', 'fsdp')
 log = logging.getLogger(__name__)
 
@@ -210,6 +212,13 @@ def put_batch(batch: dict, sharding: NamedSharding) -> dict:
         return jax.device_put(batch, sharding)
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+
+
+def host_pipeline(split, icfg, seed: int) -> pipeline_lib.SplitPipeline:
+    """The input pipeline of `split` for this process: its slice of every global batch (what
+    `put_batch` expects), all of it in a one-process run."""
+    return pipeline_lib.SplitPipeline(split, icfg, seed=seed, process_index=jax.process_index(),
+                                      process_count=jax.process_count())
 
 
 def to_host(tree):

@@ -104,8 +104,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir) -> pathlib.Path:
 
     def forward(p, s, images, train_mode):
         model = modeldef.merge(p, s)
-        x = jima.normalize_images(images, icfg.mean, icfg.std, mcfg.in_channels)
-        logits = model(x.astype(jima.compute_dtype(mcfg.dtype)), train_mode)
+        logits = model(jima.input_images(images, mcfg, icfg), train_mode)
         return logits.astype(jnp.float32), nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
 
     def step(p, s, o, images, targets):
@@ -118,9 +117,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir) -> pathlib.Path:
 
     step = jax.jit(step, in_shardings=(rep, rep, rep, batch_sh, batch_sh),
                    out_shardings=(rep, rep, rep, rep), donate_argnums=(0, 1, 2))
-    pipe = pipeline_lib.SplitPipeline(train, icfg, seed=config.seed,
-                                      process_index=jax.process_index(),
-                                      process_count=jax.process_count())
+    pipe = parallel.host_pipeline(train, icfg, config.seed)
     kept = pipeline_lib.StreamSpec(np.arange(len(train), dtype=np.int32), _STREAM)
     per_epoch = pipeline_lib.steps_per_epoch([kept], icfg.batch_size)
     total, done, epoch, losses = int(pcfg.steps), 0, 0, []
@@ -166,9 +163,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir) -> pathlib.Path:
 
 def _validate(split, icfg, config, mesh, predict, params, stats) -> dict:
     """Validation BCE and per-label AUC of the head: does the backbone see the findings?"""
-    pipe = pipeline_lib.SplitPipeline(split, icfg, seed=config.seed,
-                                      process_index=jax.process_index(),
-                                      process_count=jax.process_count())
+    pipe = parallel.host_pipeline(split, icfg, config.seed)
     sharding = parallel.batch_sharding(mesh)
     probs, index = [], []
     for batch in pipe.eval_batches():

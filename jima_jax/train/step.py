@@ -22,7 +22,6 @@ from typing import Any, Callable, Optional
 
 import flax.struct
 import jax
-import numpy as np
 import jax.numpy as jnp
 import ml_collections
 import optax
@@ -30,7 +29,6 @@ from flax import nnx
 
 from jima_jax.data.types import PAD_ID
 from jima_jax.model import jima
-from jima_jax.model.layers import BatchNorm
 from jima_jax.train import losses, optim
 
 
@@ -53,17 +51,12 @@ class ModelDef:
         self._params_template = abstract(params)
         self._stats_template = abstract(stats)
 
-    def merge(self, params: dict, batch_stats: dict, axis_name: Optional[str] = None):
+    def merge(self, params: dict, batch_stats: dict):
         p = jax.tree.map(lambda x: x, self._params_template)
         s = jax.tree.map(lambda x: x, self._stats_template)
         nnx.replace_by_pure_dict(p, params)
         nnx.replace_by_pure_dict(s, batch_stats)
-        model = nnx.merge(self.graphdef, p, s)
-        if axis_name is not None:
-            for _, module in model.iter_modules():
-                if isinstance(module, BatchNorm):
-                    module.axis_name = axis_name
-        return model
+        return nnx.merge(self.graphdef, p, s)
 
 
 def split_model(model: nnx.Module) -> tuple[ModelDef, dict, dict]:
@@ -97,20 +90,9 @@ def init_train_state(config, params: dict, batch_stats: dict) -> TrainState:
 
 
 def _inputs(batch, mcfg, icfg):
-    images = jima.normalize_images(batch['images'], icfg.mean, icfg.std, mcfg.in_channels)
-    images = images.astype(jima.compute_dtype(mcfg.dtype))
+    """(images as the model reads them, decoder input tokens, target tokens) of a batch."""
     tokens = batch['tokens']
-    return images, tokens[:, :-1], tokens[:, 1:]
-
-
-class _Reducer:
-    """Sums across devices under pmap; identity under jit (where arrays are already global)."""
-
-    def __init__(self, axis_name: Optional[str]):
-        self.axis_name = axis_name
-
-    def sum(self, x):
-        return x if self.axis_name is None else jax.lax.psum(x, self.axis_name)
+    return jima.input_images(batch['images'], mcfg, icfg), tokens[:, :-1], tokens[:, 1:]
 
 
 # Dropout keys of f_E (the release's mlp head) are folded out of the step key under these tags;
@@ -124,48 +106,57 @@ def _entity_rngs(key, tag: int) -> Optional[nnx.Rngs]:
     return None if key is None else nnx.Rngs(dropout=jax.random.fold_in(key, tag))
 
 
-def _entity_loss(model, images, batch, tables: losses.LossTables, vocab_size: int,
-                 reducer: _Reducer, update_stats: bool = True, rngs: Optional[nnx.Rngs] = None):
-    patches, pooled = model.features(images, train=True, update_stats=update_stats)
-    logits = model.entity_logits(patches, pooled, rngs)
-    s, c = losses.entity_bce(logits, losses.entity_targets(batch['entities'], vocab_size),
+def _entity_terms(model, images, batch, tables: losses.LossTables, vocab_size: int,
+                  rngs: Optional[nnx.Rngs] = None):
+    """(weighted sum, weight count) of the entity BCE of f_R + f_E in train mode."""
+    logits = model.encode(images, train=True, rngs=rngs).entity_logits
+    return losses.entity_bce(logits, losses.entity_targets(batch['entities'], vocab_size),
                              batch['mask'], tables.entity_pos_weights,
                              tables.label_weights[batch['abnormal']])
-    return s / reducer.sum(c), (patches, logits)
 
 
-def _report_loss(model, patches, q, tokens_in, targets, batch, tables, reducer, rngs):
+def _report_terms(model, patches, q, tokens_in, targets, batch, tables: losses.LossTables,
+                  rngs: Optional[nnx.Rngs]):
+    """(weighted sum, token count) of the report NLL of fusion + f_T on `patches` and `q`."""
     logits = model.report(patches, q, tokens_in, rngs)
     token_mask = (targets != PAD_ID) & (batch['mask'][:, None] > 0)
-    s, c = losses.report_nll(logits, targets, token_mask, tables.token_weights,
+    return losses.report_nll(logits, targets, token_mask, tables.token_weights,
                              tables.label_weights[batch['abnormal']])
-    return s / reducer.sum(c)
 
 
 class TaskUpdates:
     """The updates Algorithm 1 alternates, as pure functions of (state, batch, ...).
 
     `task1` and `task2` are also exposed on their own so tests can check that the Task-2 update
-    leaves f_R and f_E bit-identical; `build_train_step` composes them into one program.
-    `axis_name` is set only for the pmap variant (explicit cross-device sums).
+    leaves f_R and f_E bit-identical; `train_step` composes them into one program.
+
+    Arrays are global under `jax.jit` (however they are sharded), so a loss is its sum over its
+    count and a gradient is complete as computed. The pmap comparison step of the benchmarks
+    (benchmarks/pmap_step.py), which sees one shard per device, overrides `_merge`, `_total` and
+    `step_key` to add its collectives; nothing here depends on it.
     """
 
-    def __init__(self, modeldef: ModelDef, config: ml_collections.ConfigDict, vocab_size: int,
-                 axis_name: Optional[str] = None):
+    def __init__(self, modeldef: ModelDef, config: ml_collections.ConfigDict, vocab_size: int):
         self.modeldef = modeldef
         self.config = config
         self.vocab_size = vocab_size
-        self.axis_name = axis_name
         self.tx1, self.tx2 = make_optimizers(config)
         self.unclipped = make_optimizers(config, clip=False)  # joint: one global-norm clip
-        self.reducer = _Reducer(axis_name)
 
     def _merge(self, params, stats):
-        return self.modeldef.merge(params, stats, self.axis_name)
+        return self.modeldef.merge(params, stats)
+
+    def _total(self, x):
+        """`x` (a count, a loss or a gradient tree) over the whole batch: `x` itself."""
+        return x
+
+    def step_key(self, state: TrainState) -> jax.Array:
+        """The step's dropout key: the run key folded with the step number."""
+        return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
     def _apply(self, tx, opt_state, params, grads, factor, summed: bool = False):
         if not summed:
-            grads = jax.tree.map(self.reducer.sum, grads)
+            grads = self._total(grads)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, optim.scale_updates(updates, factor)), opt_state
 
@@ -181,16 +172,17 @@ class TaskUpdates:
         return state.replace(params={**state.params, **p1}, batch_stats=stats, opt1=opt1), loss
 
     def task1_grads(self, state: TrainState, batch: dict, tables: losses.LossTables, key=None):
-        """(gradient of entity_weight * L1 for f_R + f_E (not yet summed across devices), L1,
-        the BatchNorm statistics after `batch`)."""
+        """(gradient of entity_weight * L1 for f_R + f_E (before `_total`), L1, the BatchNorm
+        statistics after `batch`)."""
         images, _, _ = _inputs(batch, self.config.model, self.config.input)
         p_report = task2_params(state.params)
         weight = float(self.config.loss.entity_weight)
 
         def loss_fn(p1):
             model = self._merge({**p1, **p_report}, state.batch_stats)
-            loss, _ = _entity_loss(model, images, batch, tables, self.vocab_size, self.reducer,
-                                   rngs=_entity_rngs(key, _ENTITY_DROPOUT_TASK1))
+            s, c = _entity_terms(model, images, batch, tables, self.vocab_size,
+                                 _entity_rngs(key, _ENTITY_DROPOUT_TASK1))
+            loss = s / self._total(c)
             stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
             return (loss if weight == 1.0 else weight * loss), (loss, stats)
 
@@ -207,27 +199,27 @@ class TaskUpdates:
         return state.replace(params={**state.params, **p2}, opt2=opt2), loss
 
     def task2_grads(self, state: TrainState, batch: dict, tables: losses.LossTables, key):
-        """(gradient of L2 for fusion + f_T (not yet summed across devices), L2): f_R and f_E
-        encode `batch` with their gradients stopped, so L2 reaches nothing else."""
+        """(gradient of L2 for fusion + f_T (before `_total`), L2): f_R and f_E encode `batch`
+        with their gradients stopped, so L2 reaches nothing else."""
         images, tokens_in, targets = _inputs(batch, self.config.model, self.config.input)
         frozen = self._merge(state.params, state.batch_stats)
-        patches, pooled = frozen.features(images, train=True, update_stats=False)
-        q = jax.nn.sigmoid(frozen.entity_logits(patches, pooled,
-                                                _entity_rngs(key, _ENTITY_DROPOUT_TASK2)))
-        patches, q = jax.lax.stop_gradient((patches, q))
+        enc = frozen.encode(images, train=True, update_stats=False,
+                            rngs=_entity_rngs(key, _ENTITY_DROPOUT_TASK2))
+        patches, q = jax.lax.stop_gradient((enc.patches, enc.q))
         p1 = task1_params(state.params)
 
         def loss_fn(p2):
             model = self._merge({**p1, **p2}, state.batch_stats)
-            return _report_loss(model, patches, q, tokens_in, targets, batch, tables,
-                                self.reducer, nnx.Rngs(dropout=key))
+            s, c = _report_terms(model, patches, q, tokens_in, targets, batch, tables,
+                                 nnx.Rngs(dropout=key))
+            return s / self._total(c)
 
         return jax.value_and_grad(loss_fn)(task2_params(state.params))[::-1]
 
     def _apply_both(self, state: TrainState, g1: dict, g2: dict, epoch, global_clip: bool):
-        """Both optimizers from `state` on (g1, g2), summed across devices; with `global_clip`
-        the two first share one global-norm clip at optim.joint_clip_norm."""
-        g1, g2 = jax.tree.map(self.reducer.sum, (g1, g2))
+        """Both optimizers from `state` on (g1, g2) (before `_total`); with `global_clip` the two
+        first share one global-norm clip at optim.joint_clip_norm."""
+        g1, g2 = self._total((g1, g2))
         tx1, tx2 = self.tx1, self.tx2
         if global_clip:  # instead of each optimizer's own clip
             g1, g2 = optim.clip_global_norm((g1, g2), float(self.config.optim.joint_clip_norm))
@@ -257,48 +249,52 @@ class TaskUpdates:
 
         def loss_fn(params):
             model = self._merge(params, state.batch_stats)
-            patches, _ = model.features(images, train=True)
-            loss = _report_loss(model, patches, None, tokens_in, targets, batch, tables,
-                                self.reducer, nnx.Rngs(dropout=key))
-            return loss, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+            enc = model.encode(images, train=True)  # no f_E: enc.q is None
+            s, c = _report_terms(model, enc.patches, enc.q, tokens_in, targets, batch, tables,
+                                 nnx.Rngs(dropout=key))
+            return s / self._total(c), nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
 
         (loss, stats), g = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         state = self._apply_both(state, task1_params(g), task2_params(g), epoch, global_clip)
         return state.replace(batch_stats=stats), loss
 
-
-def build_train_step(modeldef: ModelDef, config: ml_collections.ConfigDict, vocab_size: int,
-                     axis_name: Optional[str] = None) -> Callable:
-    """The pure fused step (not yet jitted): Task 1 then Task 2, the joint update, or the R2Gen
-    baseline's one update (model.entity_fusion=False; it reads batch B only)."""
-    mode = config.train.mode
-    if mode not in ('alternate', 'joint'):
-        raise ValueError(f"train.mode={mode!r}: expected 'alternate' or 'joint'.")
-    tasks = TaskUpdates(modeldef, config, vocab_size, axis_name)
-    fusion = jima.entity_fusion(config.model)
-
-    def step(state: TrainState, batch_a: dict, batch_b: dict, epoch: jax.Array,
-             tables: losses.LossTables):
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        if axis_name is not None:  # pmap: distinct dropout masks per device
-            key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+    def train_step(self, state: TrainState, batch_a: dict, batch_b: dict, epoch: jax.Array,
+                   tables: losses.LossTables):
+        """The fused step: Task 1 then Task 2, the joint update, or the R2Gen baseline's one
+        update (model.entity_fusion=False; it reads batch B only)."""
+        config = self.config
+        mode = _train_mode(config)
+        key = self.step_key(state)
         l1 = None
-        if not fusion:
-            state, l2 = tasks.report_only(state, batch_b, epoch, tables, key,
-                                          global_clip=mode == 'joint')
+        if not jima.entity_fusion(config.model):
+            state, l2 = self.report_only(state, batch_b, epoch, tables, key,
+                                         global_clip=mode == 'joint')
         elif mode == 'alternate':
-            state, l1 = tasks.task1(state, batch_a, epoch, tables, key)
-            state, l2 = tasks.task2(state, batch_b, epoch, tables, key)
+            state, l1 = self.task1(state, batch_a, epoch, tables, key)
+            state, l2 = self.task2(state, batch_b, epoch, tables, key)
         else:
-            state, (l1, l2) = tasks.joint(state, batch_a, batch_b, epoch, tables, key)
-        metrics = {'loss/report': tasks.reducer.sum(l2),
+            state, (l1, l2) = self.joint(state, batch_a, batch_b, epoch, tables, key)
+        metrics = {'loss/report': self._total(l2),
                    'lr/task1_factor': optim.epoch_lr_factor(config.optim.task1, epoch),
                    'lr/task2_factor': optim.epoch_lr_factor(config.optim.task2, epoch)}
         if l1 is not None:
-            metrics['loss/entity'] = tasks.reducer.sum(l1)
+            metrics['loss/entity'] = self._total(l1)
         return state.replace(step=state.step + 1), metrics
 
-    return step
+
+def _train_mode(config: ml_collections.ConfigDict) -> str:
+    mode = config.train.mode
+    if mode not in ('alternate', 'joint'):
+        raise ValueError(f"train.mode={mode!r}: expected 'alternate' or 'joint'.")
+    return mode
+
+
+def build_train_step(modeldef: ModelDef, config: ml_collections.ConfigDict,
+                     vocab_size: int) -> Callable:
+    """The pure fused step (not yet jitted), `TaskUpdates.train_step`; a bad train.mode fails
+    here, before any tracing."""
+    _train_mode(config)
+    return TaskUpdates(modeldef, config, vocab_size).train_step
 
 
 def build_eval_step(modeldef: ModelDef, config: ml_collections.ConfigDict,
@@ -309,16 +305,13 @@ def build_eval_step(modeldef: ModelDef, config: ml_collections.ConfigDict,
     def step(params, batch_stats, batch, tables: losses.LossTables):
         model = modeldef.merge(params, batch_stats)
         images, tokens_in, targets = _inputs(batch, mcfg, icfg)
-        patches, pooled = model.features(images, train=False)
+        ent_logits, logits = model(images, tokens_in)
         ex_w = tables.label_weights[batch['abnormal']]
-        out, q = {}, None
-        if model.entity_fusion:  # the R2Gen baseline has no f_E and no entity loss
-            ent_logits = model.entity_logits(patches, pooled)
+        out = {}
+        if ent_logits is not None:  # the R2Gen baseline has no f_E and no entity loss
             out['entity_sum'], out['entity_count'] = losses.entity_bce(
                 ent_logits, losses.entity_targets(batch['entities'], vocab_size), batch['mask'],
                 tables.entity_pos_weights, ex_w)
-            q = jax.nn.sigmoid(ent_logits)
-        logits = model.report(patches, q, tokens_in, None)
         token_mask = (targets != PAD_ID) & (batch['mask'][:, None] > 0)
         out['report_sum'], out['report_count'] = losses.report_nll(
             logits, targets, token_mask, tables.token_weights, ex_w)
@@ -334,24 +327,3 @@ def jit_train_step(step_fn: Callable, mesh, state_sharding) -> Callable:
     return jax.jit(step_fn, in_shardings=(state_sharding, batch, batch, rep, rep),
                    out_shardings=(state_sharding, rep), donate_argnums=(0,))
 
-
-PMAP_AXIS = 'devices'
-
-
-def pmap_train_step(modeldef: ModelDef, config, vocab_size: int) -> Callable:
-    """The same step under `jax.pmap` (replicated state, per-device batch slices, explicit
-    collectives). Kept only as the benchmark's comparison point for the jit-sharded step."""
-    step_fn = build_train_step(modeldef, config, vocab_size, axis_name=PMAP_AXIS)
-    return jax.pmap(step_fn, axis_name=PMAP_AXIS, in_axes=(0, 0, 0, None, None),
-                    donate_argnums=(0,))
-
-
-def replicate_for_pmap(tree, devices=None):
-    """One copy of every leaf per local device, laid out as `pmap` expects (leading axis)."""
-    devices = jax.local_devices() if devices is None else devices
-    mesh = jax.sharding.Mesh(np.asarray(devices), (PMAP_AXIS,))
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(PMAP_AXIS))
-    n = len(devices)
-    return jax.tree.map(
-        lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), sharding),
-        tree)

@@ -17,7 +17,6 @@ import jax
 import numpy as np
 
 from jima_jax import atomic, decode
-from jima_jax.data import pipeline as pipeline_lib
 from jima_jax.data.types import PreparedSplit
 from jima_jax.evaluation import imbalance, phantom_truth
 from jima_jax.evaluation import report as report_lib, score as score_lib
@@ -35,9 +34,7 @@ def make_generate(s):
 def generate_split(s, generate_fn, split_name: str, state) -> dict:
     """Predicted reports (text), per-token log-probs and entity probabilities for a split."""
     split = s.dataset.splits[split_name]
-    pipe = pipeline_lib.SplitPipeline(split, s.config.input, seed=s.config.seed,
-                                      process_index=jax.process_index(),
-                                      process_count=jax.process_count())
+    pipe = parallel.host_pipeline(split, s.config.input, s.config.seed)
     sharding = parallel.batch_sharding(s.mesh)
     tokens, logprobs, q, index = [], [], [], []
     for batch in pipe.eval_batches():
@@ -132,6 +129,6 @@ def evaluate_split(s, generate_fn, split_name: str, state, *, with_meteor: bool,
                                'from.']
     if out_dir is not None and jax.process_index() == 0:
         write_predictions(out_dir / 'predictions.jsonl', split, generated)
-        dataset = s.config.data.name if s.config.data.name in ('iu_xray', 'mimic_cxr') else None
-        report_lib.write_results(results, out_dir, dataset_name=dataset, notes=notes)
+        report_lib.write_results(results, out_dir, notes=notes,
+                                 dataset_name=report_lib.paper_dataset(s.config.data.name))
     return results

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from jima_jax.data import cleaning, entities, openi, prepare, sources
-from jima_jax.data.builders import builder_class
+from jima_jax.data.builders import builder_class, get_studies
 from jima_jax.data.builders.base import StudyBuilder, fit_views
 from jima_jax.data.builders.iu_xray import IuXray
 from jima_jax.data.builders.mimic_cxr import MimicCxr
@@ -201,14 +201,14 @@ def test_iu_r2gen_layout_with_images_and_mesh(tmp_path):
     np.testing.assert_array_equal(
         ds.splits["train"].images[0],
         fit_views([sources.read_grayscale(src / "images" / p) for p in first["image_path"]], 2, 16))
-    by_study = {s.id: s.abnormal for s in sources.get_studies(cfg)}
+    by_study = {s.id: s.abnormal for s in get_studies(cfg)}
     assert set(by_study.values()) <= {0, 1}  # every study found in the OpenI XML
     np.testing.assert_array_equal(ds.splits["train"].abnormal, [by_study[e["id"]] for e in ann["train"]])
     missing = tmp_path / "iu2"
     missing.mkdir()
     (missing / "annotation.json").write_text(json.dumps(ann))
     with pytest.raises(FileNotFoundError, match="reports_only"):
-        list(sources.get_studies(data_config(tmp_path, name="iu_xray", source_dir=str(missing))))
+        list(get_studies(data_config(tmp_path, name="iu_xray", source_dir=str(missing))))
 
 
 XML = """<?xml version="1.0" encoding="utf-8"?><eCitation><uId id="CXR{n}"/><MedlineCitation><Article>
@@ -238,7 +238,7 @@ def test_openi_raw_layout(tmp_path):
     for i in ("CXR1_IM-0001-1001", "CXR1_IM-0001-2001", "CXR2_IM-0002-1001"):
         _png(manual / sources.OPENI_PNG_DIR / f"{i}.png", rng)
     cfg = data_config(tmp_path, name="iu_xray", source_dir=str(tmp_path / "no_r2gen"), manual_dir=str(manual))
-    studies = list(sources.get_studies(cfg))
+    studies = list(get_studies(cfg))
     assert [(s.id, s.abnormal, s.report) for s in studies] == [
         ("CXR1_IM-0001", 0, "The lungs are clear."), ("CXR2_IM-0002", 1, "Mild cardiomegaly.")]
     assert all(s.split in ("train", "val", "test") for s in studies)
@@ -261,15 +261,15 @@ def test_mimic_source(tmp_path):
     with gzip.open(manual / "mimic-cxr-2.0.0-chexpert.csv.gz", "wt") as f:
         f.write("subject_id,study_id,No Finding,Cardiomegaly\n10000000,50000001,1.0,\n10000001,50000002,,1.0\n")
     cfg = data_config(tmp_path, name="mimic_cxr", manual_dir=str(manual), num_views=1)
-    studies = list(sources.get_studies(cfg))
+    studies = list(get_studies(cfg))
     assert [(s.id, s.split, s.abnormal) for s in studies] == [("img0", "train", 0), ("img1", "test", 1)]
     assert studies[0].load_views()[0].shape == (30, 20)
     cfg = data_config(tmp_path, name="mimic_cxr", manual_dir=str(manual), abnormal_from="labeler")
-    assert [s.abnormal for s in sources.get_studies(cfg)] == [None, None]
+    assert [s.abnormal for s in get_studies(cfg)] == [None, None]
     with pytest.raises(FileNotFoundError, match="credentialed"):
-        list(sources.get_studies(data_config(tmp_path, name="mimic_cxr", manual_dir=str(tmp_path))))
+        list(get_studies(data_config(tmp_path, name="mimic_cxr", manual_dir=str(tmp_path))))
 
 
 def test_unknown_source_name(tmp_path):
     with pytest.raises(ValueError, match="data.name"):
-        sources.get_studies(data_config(tmp_path, name="cifar10"))
+        get_studies(data_config(tmp_path, name="cifar10"))

@@ -226,3 +226,30 @@ def test_eval_of_a_tiny_phantom_model_writes_the_keys(smoke_dataset, tmp_path):
                                      with_meteor=False)
     assert 'phantom_truth/macro_f1' in during and not any('baseline' in k for k in during)
     assert not any(isinstance(v, str) for v in during.values())
+
+
+def test_test_losses_and_image_reliance_are_plain_whatever_the_training_weights(smoke_dataset,
+                                                                                tmp_path):
+    """With loss.token_weighting on, training and validation use the weighted NLL, but the test
+    loss and image reliance must be the plain per-token NLL, equal to an unweighted run's (same
+    parameters), so that runs with and without reweighting compare on one scale."""
+    from configs import smoke
+    from jima_jax.train import loop
+    plain_cfg, weighted_cfg = smoke.get_config(), smoke.get_config()
+    weighted_cfg.loss.token_weighting = 'inverse_power'
+    weighted_cfg.loss.token_alpha = 1.0
+    got = {}
+    for name, cfg in (('plain', plain_cfg), ('weighted', weighted_cfg)):
+        s = loop.setup(cfg, tmp_path / name, restore=False)  # same seed: same initial params
+        eval_fn = loop.make_eval_fn(s)
+        as_trained = loop.evaluate_loss(s, eval_fn, 'test')
+        plain = loop.plain_loss_tables(s)
+        test = loop.evaluate_loss(s, eval_fn, 'test', tables=plain)
+        test.update(loop.image_reliance(s, eval_fn, 'test', test, tables=plain))
+        s.checkpointer.close()
+        got[name] = (as_trained, test)
+    (plain_trained, plain_test), (weighted_trained, weighted_test) = got['plain'], got['weighted']
+    assert plain_trained == pytest.approx({k: plain_test[k] for k in plain_trained})
+    assert abs(weighted_trained['test/loss/report'] - plain_trained['test/loss/report']) > 1e-3
+    for key in ('test/loss/report', 'test/loss/entity', 'test/image_reliance/report'):
+        assert weighted_test[key] == pytest.approx(plain_test[key], rel=1e-5, abs=1e-6), key

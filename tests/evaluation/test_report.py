@@ -44,6 +44,12 @@ def test_markdown_without_dataset_has_no_paper_rows(tmp_path):
     assert json.loads(written["results.json"].read_text()) == {"BLEU_1": 0.5, "x": None}
 
 
+def test_paper_dataset_is_a_name_with_paper_rows_or_none():
+    """What run, eval and predict pass as dataset_name: the paper's tables only where they exist."""
+    names = ("iu_xray", "mimic_cxr", "phantom", "iu_phantom")
+    assert [report.paper_dataset(n) for n in names] == ["iu_xray", "mimic_cxr", None, None]
+
+
 def test_failed_write_leaves_previous_file(tmp_path, monkeypatch):
     report.write_results({"BLEU_1": 0.5}, tmp_path)
     monkeypatch.setattr(report.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk")))

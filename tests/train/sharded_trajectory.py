@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from benchmarks import pmap_step
 from configs import smoke
 from jima_jax.model import jima
 from jima_jax.train import losses, parallel, step as step_lib
@@ -45,9 +46,9 @@ def trajectory(layout: str, steps: int, smooth: bool, dropout: bool) -> dict:
                             max_len=c.data.max_len) for _ in range(2 * steps)]
     out = {'entity': [], 'report': [], 'sharded_leaves': 0}
     if layout == 'pmap':
-        step = step_lib.pmap_train_step(modeldef, c, VOCAB)
-        state = step_lib.replicate_for_pmap(state)
-        split = lambda b: jax.tree.map(lambda x: x.reshape((n, -1) + x.shape[1:]), b)
+        step = pmap_step.pmap_train_step(modeldef, c, VOCAB)
+        state = pmap_step.replicate(state)
+        split = pmap_step.split_batch
         for i in range(steps):
             state, m = step(state, split(batches[2 * i]), split(batches[2 * i + 1]),
                             jnp.int32(0), tables)

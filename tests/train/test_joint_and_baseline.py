@@ -187,8 +187,9 @@ def test_baseline_step_is_r2gens_one_adam_with_two_learning_rates_on_batch_b():
         model = modeldef.merge(p, stats)
         images, tokens_in, targets = step_lib._inputs(b, c.model, c.input)
         patches, _ = model.features(images, train=True)
-        return step_lib._report_loss(model, patches, None, tokens_in, targets, b, tables,
-                                     step_lib._Reducer(None), nnx.Rngs(dropout=key))
+        total, count = step_lib._report_terms(model, patches, None, tokens_in, targets, b,
+                                              tables, nnx.Rngs(dropout=key))
+        return total / count
 
     grads = jax.jit(jax.grad(loss_fn))(params)
     one_adam = optax.chain(optax.scale_by_adam(eps=1.0), optax.multi_transform(

@@ -1,30 +1,41 @@
-"""tfds builders of the prepared datasets; `builder_class(name)` finds the one for `data.name`."""
+"""The dataset registry: every accepted `data.name` and the tfds builder that prepares it.
+
+This table is the one place a dataset is named. Its builder class says where the studies come
+from (`StudyBuilder.read_studies`) and how they are labelled; `prepare` builds it and
+`get_studies` reads its sources directly. A new dataset is one `StudyBuilder` subclass and one
+line here. Builder modules are imported on first use (they load tensorflow_datasets).
+"""
 
 from __future__ import annotations
 
 import importlib
+from typing import Iterable
 
-# data.name -> module defining its StudyBuilder subclass.
-BUILDER_MODULES = {
-    "iu_xray": "jima_jax.data.builders.iu_xray",
-    "mimic_cxr": "jima_jax.data.builders.mimic_cxr",
-    "phantom": "jima_jax.data.builders.phantom",
-    "iu_phantom": "jima_jax.data.builders.phantom",
+from jima_jax.data.types import RawStudy
+
+# data.name -> "module:class" of its StudyBuilder subclass.
+DATASETS = {
+    "phantom": "jima_jax.data.builders.phantom:Phantom",
+    "iu_phantom": "jima_jax.data.builders.phantom:IuPhantom",
+    "iu_xray": "jima_jax.data.builders.iu_xray:IuXray",
+    "mimic_cxr": "jima_jax.data.builders.mimic_cxr:MimicCxr",
 }
+NAMES = tuple(DATASETS)
 
 
 def builder_class(name: str):
     """The StudyBuilder subclass serving `data.name == name`."""
-    if name not in BUILDER_MODULES:
-        raise ValueError(f"No builder for data.name={name!r}; known: {sorted(BUILDER_MODULES)}.")
-    try:
-        importlib.import_module(BUILDER_MODULES[name])
-    except ModuleNotFoundError as e:
-        if e.name != BUILDER_MODULES[name]:
-            raise
-        raise ValueError(f"No builder for data.name={name!r}: module {BUILDER_MODULES[name]} is missing.") from e
-    from jima_jax.data.builders.base import registered_builders
-    found = registered_builders().get(name)
-    if found is None:
-        raise ValueError(f"{BUILDER_MODULES[name]} defines no StudyBuilder with name = {name!r}.")
+    if name not in DATASETS:
+        raise ValueError(f"No builder for data.name={name!r}; expected one of {list(NAMES)} "
+                         "(registered in jima_jax/data/builders/__init__.py).")
+    module, cls = DATASETS[name].split(":")
+    found = getattr(importlib.import_module(module), cls)
+    if found.name != name:
+        raise ValueError(f"{module}.{cls}.name is {found.name!r}, but jima_jax/data/builders/"
+                         f"__init__.py registers it as {name!r}; make the two agree.")
     return found
+
+
+def get_studies(data_cfg) -> Iterable[RawStudy]:
+    """RawStudy records of the dataset named `data_cfg.name`, from files already in place."""
+    return builder_class(data_cfg.name).read_studies(data_cfg)

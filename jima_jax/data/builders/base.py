@@ -14,13 +14,13 @@ What it does, in `_split_generators` (text side, all studies at once) and `_gene
    (fewer -> the last is repeated, more -> the first ones kept). A missing/corrupt image is an error
    naming the study and the file, or skipped and counted. Not done in reports-only mode.
 
-Subclassing (one small class per dataset): set `name` (the `data.name` it serves) and, if the
-source is not `sources.get_studies`, override `studies(dl_manager)`. Set `DEVICES_ARE_ABNORMAL`
+Subclassing (one small class per dataset): set `name` (the `data.name` it serves), define
+`read_studies(data_cfg)` (its source), and register the class in `builders/__init__.py`; override
+`studies(dl_manager)` only to fetch files first (IU X-ray's download). Set `DEVICES_ARE_ABNORMAL`
 to choose the labeler fallback convention (see `labeler.is_abnormal`). A source that knows each
 study's true findings (the phantoms) sets `TRUTH_COLUMNS` and overrides `truth_labels(study)`;
-the rows are stored as the `truth_labels` feature. Subclasses are kept out of
-the global tfds registry (no name clashes with tfds' own catalogue) and found with
-`builder_class(name)` instead.
+the rows are stored as the `truth_labels` feature. Subclasses are kept out of the global tfds
+registry (no name clashes with tfds' own catalogue) and found with `builder_class(name)` instead.
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
 from jima_jax.data import cleaning, entities, labeler, sources
 from jima_jax.data.tokenizer import Tokenizer
 from jima_jax.data.types import NUM_OBSERVATIONS, PAD_ID, SPLITS, UNK_ID, RawStudy
+from jima_jax.data.images import (  # noqa: F401  (prepare-time resizing, TF-free)
+    RESIZE_MODES, check_resize, fit_views)
 
 TOKENIZER_FILE = "tokenizer.model"
-_REGISTRY: dict[str, type["StudyBuilder"]] = {}
 
 
 @dataclasses.dataclass
@@ -53,45 +53,6 @@ class Row:
     labels: np.ndarray  # int8[14]
     load_views: Optional[Callable[[], Sequence[np.ndarray]]]
     truth: Optional[np.ndarray] = None  # int8[len(TRUTH_COLUMNS)] when the builder has them
-
-
-RESIZE_MODES = ("square", "short_side")
-
-
-def check_resize(mode: str) -> str:
-    if mode not in RESIZE_MODES:
-        raise ValueError(f"data.resize={mode!r}: expected one of {RESIZE_MODES}.")
-    return mode
-
-
-def _short_side(im: Image.Image, size: int) -> Image.Image:
-    """The short side scaled to `size`, aspect kept (torchvision's Resize(size)), then the central
-    size x size square: the release's Resize(256) + crop, with the crop fixed at prepare time."""
-    w, h = im.size
-    nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
-    im = im.resize((nw, nh), Image.Resampling.BILINEAR)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return im.crop((left, top, left + size, top + size))
-
-
-def fit_views(views: Sequence[np.ndarray], num_views: int, size: int,
-              resize: str = "square") -> np.ndarray:
-    """Grayscale views of any size -> uint8 [num_views, size, size] (bilinear; `resize`: 'square'
-    squashes the whole view, 'short_side' keeps the aspect and the central square)."""
-    check_resize(resize)
-    if not len(views):
-        raise ValueError("no views")
-    chosen = list(views[:num_views]) + [views[-1]] * max(0, num_views - len(views))
-    out = np.empty((num_views, size, size), np.uint8)
-    for k, v in enumerate(chosen):
-        v = np.asarray(v)
-        if v.ndim != 2 or v.dtype != np.uint8:
-            raise ValueError(f"view {k} must be a 2-D uint8 array, got {v.dtype} {v.shape}")
-        im = Image.fromarray(v)
-        if im.size != (size, size) and resize == "short_side":
-            im = _short_side(im, size)
-        out[k] = np.asarray(im if im.size == (size, size) else im.resize((size, size), Image.Resampling.BILINEAR))
-    return out
 
 
 def entity_ids(words: Iterable[str], tokenizer: Tokenizer, max_entities: int) -> np.ndarray:
@@ -118,7 +79,6 @@ class StudyBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def __init_subclass__(cls, **kwargs):
         kwargs.setdefault("skip_registration", True)
         super().__init_subclass__(**kwargs)
-        _REGISTRY[cls.name] = cls
 
     def __init__(self, *, data_cfg, data_dir: str, extras_dir: Optional[str] = None, **kwargs):
         self.data_cfg = data_cfg
@@ -127,11 +87,17 @@ class StudyBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         self.tokenizer: Optional[Tokenizer] = None
         super().__init__(data_dir=data_dir, **kwargs)
 
-    # ------------------------------------------------------------------ override point
+    # ------------------------------------------------------------------ override points
+    @classmethod
+    def read_studies(cls, data_cfg) -> Iterable[RawStudy]:
+        """The dataset's RawStudy records, read from files already in place."""
+        raise NotImplementedError(f"{cls.__name__} defines no read_studies(data_cfg): say where "
+                                  "its studies come from (or override studies(dl_manager)).")
+
     def studies(self, dl_manager: tfds.download.DownloadManager) -> Iterable[RawStudy]:
-        """The RawStudy records to prepare (default: `sources.get_studies(data_cfg)`)."""
+        """The RawStudy records to prepare (default: `read_studies(data_cfg)`)."""
         del dl_manager
-        return sources.get_studies(self.data_cfg)
+        return self.read_studies(self.data_cfg)
 
     def truth_labels(self, study: RawStudy) -> Optional[np.ndarray]:
         """The study's true findings as a row over TRUTH_COLUMNS (used only when that is set)."""
@@ -235,8 +201,3 @@ class StudyBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                                      abnormal=abnormal, labels=lab, load_views=s.load_views,
                                      truth=self.truth_labels(s) if self.TRUTH_COLUMNS else None))
         return rows
-
-
-def registered_builders() -> dict[str, type[StudyBuilder]]:
-    """data.name -> builder class, for the builder modules imported so far."""
-    return dict(_REGISTRY)

@@ -25,6 +25,10 @@ class IuXray(StudyBuilder):
     DEVICES_ARE_ABNORMAL = True
     allow_download = False  # set by prepare_dataset(download=True)
 
+    @classmethod
+    def read_studies(cls, data_cfg) -> Iterable[RawStudy]:
+        return sources.iu_xray_studies(data_cfg)
+
     def studies(self, dl_manager: tfds.download.DownloadManager) -> Iterable[RawStudy]:
         c = self.data_cfg
         if sources.iu_annotation_path(c).is_file():

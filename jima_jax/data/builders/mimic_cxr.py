@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from jima_jax.data import sources
 from jima_jax.data.builders.base import StudyBuilder
 
 
@@ -11,3 +12,7 @@ class MimicCxr(StudyBuilder):
 
     name = "mimic_cxr"
     DEVICES_ARE_ABNORMAL = False
+
+    @classmethod
+    def read_studies(cls, data_cfg):
+        return sources.mimic_cxr_studies(data_cfg)

@@ -1,7 +1,7 @@
 """tfds builders of the two phantom datasets, prepared like the real ones.
 
-Both read their studies through `sources.get_studies` (-> `phantom_corpus`), so the prepare stage,
-the tables and everything downstream treat them exactly as IU X-ray or MIMIC-CXR.
+Both read their studies from `phantom_corpus`, and the prepare stage, the tables and everything
+downstream treat them exactly as IU X-ray or MIMIC-CXR.
 """
 
 from __future__ import annotations
@@ -38,6 +38,10 @@ class Phantom(_DrawnTruth, StudyBuilder):
     RELEASE_NOTES = _NOTES
     DEVICES_ARE_ABNORMAL = True  # a device is a finding of the phantom, as in IU's MeSH labels
 
+    @classmethod
+    def read_studies(cls, data_cfg):
+        return phantom_corpus.synthetic_studies(data_cfg)
+
 
 class IuPhantom(_DrawnTruth, StudyBuilder):
     """IU X-ray report text with phantom images of the findings each report states."""
@@ -46,3 +50,7 @@ class IuPhantom(_DrawnTruth, StudyBuilder):
     VERSION = tfds.core.Version(phantom_corpus.VERSION)
     RELEASE_NOTES = _NOTES
     DEVICES_ARE_ABNORMAL = True
+
+    @classmethod
+    def read_studies(cls, data_cfg):
+        return phantom_corpus.iu_phantom_studies(data_cfg)
