@@ -32,6 +32,7 @@ at f_R/f_E), so those rows describe the old mode.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import pickle
@@ -66,6 +67,21 @@ VARIANTS = {
                        'optim.task2.decay_rate': 1.0},
     'warm300_lr2': {'warmup_steps': 300, 'optim.task1.lr': 2e-3, 'optim.task1.decay_rate': 1.0},
 }
+# Second sweep (long runs): the best levers of the first, and what the imbalance losses, one view,
+# a larger batch and faster rates add on top ('L' = 800 label pre-training steps, rates 2e-3/1e-3).
+_L = {'label_pretrain_steps': 800, 'optim.task1.lr': 2e-3, 'optim.task1.decay_rate': 1.0,
+      'optim.task2.lr': 1e-3, 'optim.task2.decay_rate': 1.0}
+VARIANTS.update({
+    'L': dict(_L),
+    'L_1v': {**_L, 'views': 1},  # frontal view only: half the backbone cost per study
+    'L_posw': {**_L, 'loss.entity_pos_weighting': 'inverse_frequency'},
+    'L_tokw': {**_L, 'loss.token_weighting': 'inverse_power'},
+    'L_exw': {**_L, 'loss.example_weighting': 'inverse_prevalence'},
+    'L_b32': {**_L, 'input.batch_size': 32},
+    'L_lr4': {**_L, 'optim.task1.lr': 4e-3, 'optim.task2.lr': 2e-3},
+    'L_1v_tokw': {**_L, 'views': 1, 'loss.token_weighting': 'inverse_power'},
+    'L_check': {**_L, 'label_pretrain_steps': 2, 'views': 1},  # a seconds-long path check
+})
 
 
 def _set(config, key: str, value) -> None:
@@ -114,7 +130,7 @@ def run(args) -> None:
     from jima_jax import decode
     from jima_jax.data import labeler
     from jima_jax.data.pipeline import decoder_tokens
-    from jima_jax.data.types import LABEL_POSITIVE, LABEL_UNCERTAIN
+    from jima_jax.data.types import LABEL_POSITIVE, LABEL_UNCERTAIN, OBSERVATIONS
     from jima_jax.model import jima
     from jima_jax.train import losses, step as step_lib
     from flax import nnx
@@ -136,6 +152,13 @@ def run(args) -> None:
         n_train = int(over.pop('num_train', len(train)))
         warmup = int(over.pop('warmup_steps', 0))
         label_steps = int(over.pop('label_pretrain_steps', 0))
+        views = int(over.pop('views', 0))
+        if views and views != config.data.num_views:  # keep the first (frontal) view only
+            train, test = (dataclasses.replace(sp, images=sp.images[:, :views])
+                           for sp in (ds.splits['train'], ds.splits['test']))
+            config.data.num_views = views
+        else:
+            train, test = ds.splits['train'], ds.splits['test']
         for k, v in over.items():
             _set(config, k, v)
         if args.beam:
@@ -147,6 +170,9 @@ def run(args) -> None:
         modeldef, params, stats = step_lib.split_model(model)
         state = step_lib.init_train_state(config, params, stats)
         tables = losses.make_loss_tables(ds.tables, config.loss)
+        # Test losses and image reliance are plain NLL / BCE, as in `--mode eval` (the rows of
+        # the 2026-12-04 sweeps with loss reweighting were scored with the training weights).
+        plain = losses.LossTables.uniform(ds.vocab_size)
         train_step = jax.jit(step_lib.build_train_step(modeldef, config, ds.vocab_size),
                              donate_argnums=(0,))
         tasks = step_lib.TaskUpdates(modeldef, config, ds.vocab_size)
@@ -172,8 +198,11 @@ def run(args) -> None:
         def label_pretrain(state, n_steps):
             """f_R + a linear head on the report labels, as `--mode pretrain` (numpy batches)."""
             import optax
-            from jima_jax.train import pretrain as pretrain_lib  # the targets --mode pretrain uses
-            targets = pretrain_lib.label_targets(train)[:n_train]
+            # the targets of --mode pretrain (jima_jax.train.pretrain.label_targets, which is not
+            # imported: its module needs TensorFlow for the prepared data, the device has none)
+            found = np.isin(train.labels[:, 1:], (LABEL_POSITIVE, LABEL_UNCERTAIN))
+            targets = np.concatenate([found, train.abnormal[:, None] > 0], 1).astype(np.float32)
+            targets = targets[:n_train]
             d = state.params['visual']
             feat = model.visual.feature_dim * config.data.num_views
             head = {'w': jnp.zeros((feat, targets.shape[1])), 'b': jnp.zeros(targets.shape[1])}
@@ -225,7 +254,7 @@ def run(args) -> None:
                 bd['mask'] = mask_all[s0:s0 + eb]
                 for shuffled in (False, True):
                     d = dict(bd, images=np.roll(imgs, 1, axis=0)) if shuffled else bd
-                    o = jax.device_get(eval_step(state.params, state.batch_stats, d, tables))
+                    o = jax.device_get(eval_step(state.params, state.batch_stats, d, plain))
                     totals[shuffled] = o if totals[shuffled] is None else {
                         k: totals[shuffled][k] + o[k] for k in o}
                 g = jax.device_get(gen(state.params, state.batch_stats, imgs))
@@ -245,6 +274,16 @@ def run(args) -> None:
             present = truth.sum(0) > 0
             f1 = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
             res['pt_macro_f1'] = float(f1[present].mean())
+            res['pt_f1'] = {name: round(float(v), 3) for name, v, here in
+                            zip(OBSERVATIONS[1:], f1, present) if here}
+            first = slice(0, min(n, 96))  # the demo's own test split (same study ids)
+            res['distinct_reports_first96'] = len(set(texts[first]))
+            tp96, fp96, fn96 = [(a[first] & c[first]).sum(0) for a, c in
+                                ((truth, got), (~truth, got), (truth, ~got))]
+            p96 = truth[first].sum(0) > 0
+            res['pt_macro_f1_first96'] = float(
+                (2 * tp96 / np.maximum(2 * tp96 + fp96 + fn96, 1))[p96].mean())
+            res['num_test'] = n
             res['pt_micro_f1'] = float(2 * tp.sum() / max(2 * tp.sum() + fp.sum() + fn.sum(), 1))
             ab = test.abnormal.astype(bool)
             pred_ab = np.array([labeler.abnormal_from_labels(r) for r in pred])
@@ -291,15 +330,21 @@ def report(rows_path: str, out_stem: str) -> None:
     import matplotlib.pyplot as plt
     from jima_jax import atomic
     rows = [json.loads(line) for line in open(rows_path)]
+    first96 = any('distinct_reports_first96' in r for r in rows)  # the long sweep's extra columns
+    extra = ' first 96: distinct | first 96: macro F1 |' if first96 else ''
     lines = ['| corpus | lever | run | pre-train steps | steps | report NLL | image reliance, '
              'report / entity | distinct reports | phantom-truth macro F1 | micro F1 | '
-             'abnormal recall |', '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
+             'abnormal recall |' + extra,
+             '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|' + '---:|---:|' * first96]
     for r in rows:
+        of = f" of {r['num_test']}" if 'num_test' in r else ''
+        more = (f" {r['distinct_reports_first96']} | {r['pt_macro_f1_first96']:.3f} |"
+                if first96 else '')
         lines.append(f"| {r['data']} | {r['variant']} | {r.get('run', 1)} | "
                      f"{r.get('pretrain_steps', 0)} | {r['step']} | {r['report_nll']:.3f} | "
                      f"{r['reliance_report']:.3f} / {r['reliance_entity']:.3f} | "
-                     f"{r['distinct_reports']} | {r['pt_macro_f1']:.3f} | {r['pt_micro_f1']:.3f} | "
-                     f"{r['abnormal_recall']:.2f} |")
+                     f"{r['distinct_reports']}{of} | {r['pt_macro_f1']:.3f} | "
+                     f"{r['pt_micro_f1']:.3f} | {r['abnormal_recall']:.2f} |{more}")
     atomic.write_text(out_stem + '.md', '\n'.join(lines) + '\n')
     metrics = (('reliance_report', 'image reliance (nats/token)'),
                ('distinct_reports', 'distinct reports'), ('pt_macro_f1', 'phantom-truth macro F1'),

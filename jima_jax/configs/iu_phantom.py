@@ -12,14 +12,6 @@ cores (the curriculum experiment, experiments/curriculum_iu_phantom.py): the fro
 learning rates so that a few epochs learn something. Horizontal flips stay off: the phantom draws
 laterality, and a flip would make "left" and "right" unpredictable. The reports come from the
 shared IU X-ray annotation.json (JIMA_SHARED_DATA, or --config.data.source_dir).
-
-':reads' is the CPU-budget preset whose models read their images (README, "Models that read the
-radiograph"; chosen with experiments/reading_sweep.py): ':small' at 64 px, f_R pre-trained for 800
-steps on the labels of the training reports (`pretrain.steps`), constant learning rates 2e-3 /
-1e-3, token-imbalance weighting of the report loss, and 3,200 steps (25 epochs; warm-up 8, the
-paper's 30%). The curriculum schedule is 'none' unless given on the command line:
-
-  python -m jima_jax.main --config configs/iu_phantom.py:reads --workdir runs/iu_phantom_reads
 """
 
 from jima_jax.configs import default
@@ -27,9 +19,8 @@ from jima_jax.configs import default
 
 def get_config(arg=None):
     variant = arg or 'paper'
-    if variant not in ('paper', 'small', 'reads'):
-        raise ValueError(f"configs/iu_phantom.py:{arg}: expected ':paper' (default), ':small' or "
-                         "':reads'.")
+    if variant not in ('paper', 'small'):
+        raise ValueError(f"configs/iu_phantom.py:{arg}: expected ':paper' (default) or ':small'.")
     c = default.get_config()
     c.data.name = 'iu_phantom'
     c.data.num_views = 2
@@ -45,7 +36,7 @@ def get_config(arg=None):
     c.curriculum.warmup_epochs = 30
     if variant == 'paper':
         default.select_by_val_bleu4(c)  # best by val BLEU-4, as R2Gen and the release pick it
-    if variant in ('small', 'reads'):
+    if variant == 'small':
         c.data.num_views = 1  # the frontal view
         c.data.image_size = 56
         c.input.image_size = 48
@@ -54,17 +45,4 @@ def get_config(arg=None):
         c.train.num_epochs = 5
         c.train.log_every_steps = 20
         c.curriculum.warmup_epochs = 2
-    if variant == 'reads':
-        c.data.image_size = c.input.image_size = 64  # at 48 px no lever made a model read
-        c.pretrain.steps = 800
-        c.pretrain.batch_size = 32
-        c.optim.task1.lr = 2e-3
-        c.optim.task2.lr = 1e-3
-        c.optim.task1.decay_rate = c.optim.task2.decay_rate = 1.0
-        c.loss.token_weighting = 'inverse_power'
-        c.train.num_epochs = 25
-        c.train.max_steps = 3200
-        c.train.log_every_steps = 100
-        c.curriculum.schedule = 'none'
-        c.curriculum.warmup_epochs = 8
     return c
