@@ -25,12 +25,17 @@ the host's load hits both alike, and reports medians. jima_jax runs as `jima_jax
 (`parallel.cpu_malloc='reuse'`, `cpu_scheduler='memory'`); PyTorch runs once per allocator in
 `--torch_allocators`: 'reuse' = the same glibc settings through GLIBC_TUNABLES, 'system' = as it
 ships (a fresh jima_jax process for each pair, so at most two big processes live at once).
-Writes benchmarks/results/vs_pytorch_<date>_<cpu model>-<cores>cpu[_<shape>].{jsonl,md}.
+`--dtype bfloat16` runs train_step and beam_search in bfloat16 on both sides: jima_jax with
+`model.dtype='bfloat16'` (bfloat16 compute, float32 parameters and losses), PyTorch under
+`torch.autocast('cpu', dtype=torch.bfloat16)` (its own mixed precision, float32 parameters);
+difficulty stays float32.
+Writes benchmarks/results/vs_pytorch_<date>_<cpu model>-<cores>cpu[_<shape>][_bf16].{jsonl,md}.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -177,7 +182,7 @@ def _jax_unit(job: dict):
                  platform=jax.devices()[0].platform, cpu_malloc=pcfg.cpu_malloc,
                  cpu_malloc_applied=malloc_applied, cpu_scheduler=pcfg.cpu_scheduler)
     if job['benchmark'] == 'train_step':
-        cfg = cases.make_config(shape)
+        cfg = cases.make_config(shape, job['dtype'])
         if cfg.model.entity_head != job['entity_head']:
             raise ValueError(f'cases.make_config has entity_head={cfg.model.entity_head!r}, '
                              f'configs/iu_xray.py {job["entity_head"]!r}.')
@@ -204,7 +209,8 @@ def _jax_unit(job: dict):
 
         return run, extras, facts, 2 * spec['batch']
     if job['benchmark'] == 'beam_search':
-        generate, info = cases.beam_program(dict(shape=shape, beam_size=3, full_length=True))
+        generate, info = cases.beam_program(dict(shape=shape, beam_size=3, full_length=True,
+                                                  dtype=job['dtype']))
         facts.update(compile_seconds=info['compile_seconds'],
                      parameters=jax_parameter_counts(info['params']))
 
@@ -247,15 +253,23 @@ def _torch_unit(job: dict):
                  mkldnn=torch.backends.mkldnn.is_available(),
                  parameters=ref.parameter_counts(model))
     rng = np.random.default_rng(0)
+    facts['autocast'] = job['dtype'] if job['benchmark'] != 'difficulty' else 'float32'
+    if facts['autocast'] == 'bfloat16':  # PyTorch's own mixed precision, for a fair bf16 row
+        def precision():
+            return torch.autocast('cpu', dtype=torch.bfloat16)
+    else:
+        precision = contextlib.nullcontext
     if job['benchmark'] == 'train_step':
         trainer = ref.Trainer(model, job['optim'])
         batch_a, batch_b = difficulty_bench._batches(spec, 2, rng)
 
         def run():
             t0 = time.perf_counter()
-            entity = trainer.entity_step(batch_a)
+            with precision():
+                entity = trainer.entity_step(batch_a)
             t1 = time.perf_counter()
-            report = trainer.report_step(batch_b)
+            with precision():
+                report = trainer.report_step(batch_b)
             return {'parts': {'entity_step': t1 - t0, 'report_step': time.perf_counter() - t1},
                     'losses': {'loss/entity': entity, 'loss/report': report}}
 
@@ -265,7 +279,8 @@ def _torch_unit(job: dict):
         images = difficulty_bench._batches(spec, 1, rng)[0]['images']
 
         def run():
-            return ref.beam_search(model, images, 3, spec['length'])
+            with precision():
+                return ref.beam_search(model, images, 3, spec['length'])
 
         def extras(out):
             return {'mean_generated_tokens': float((out['tokens'] != 0).sum(-1).float().mean()),
@@ -440,7 +455,11 @@ def markdown(rows: list[dict]) -> str:
     for run_id in runs:
         rs = [r for r in rows if r['run_id'] == run_id]
         m = rs[0]['machine']
-        out += [f'## {run_id}: jima_jax vs PyTorch reference, shape `{rs[0]["shape"]}`', '',
+        dtype = rs[0].get('dtype', 'float32')
+        precision = ('' if dtype == 'float32' else ', bfloat16 (jima_jax model.dtype; PyTorch '
+                     'autocast) for train_step and beam_search')
+        out += [f'## {run_id}: jima_jax vs PyTorch reference, shape `{rs[0]["shape"]}`{precision}',
+                '',
                 f'Machine: {m["cpu_model"]}, {m["cpu_count"]} cores ({m["cpu_affinity"]} usable), '
                 f'{m["machine"]}, flags {" ".join(m["cpu_flags"]) or "-"}; {m["date"]}; load '
                 f'average {rs[0]["load_avg_1m_start"]} at the start. `{rs[0]["command"]}`; median '
@@ -505,6 +524,8 @@ def main(argv=None) -> int:
     parser.add_argument('--warmup', type=int, default=1, help='untimed units per side first')
     parser.add_argument('--torch_allocators', default=','.join(ALLOCATORS))
     parser.add_argument('--difficulty_batches', type=int, default=2)
+    parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'],
+                        help='compute dtype of train_step and beam_search, both sides')
     parser.add_argument('--torch_threads', type=int, default=0,
                         help="PyTorch's intra-op threads; 0 = its default (one per core)")
     parser.add_argument('--torch_python', default=sys.executable,
@@ -528,8 +549,10 @@ def main(argv=None) -> int:
     run_id = datetime.datetime.now().isoformat(timespec='seconds')
     base = dict(shape=args.shape, spec=spec, optim=release_optimizer(),
                 entity_head=paper_entity_head(), warmup=args.warmup,
-                difficulty_batches=args.difficulty_batches, torch_threads=args.torch_threads)
-    base['row'] = dict(run_id=run_id, shape=args.shape, steps=args.steps, warmup=args.warmup,
+                difficulty_batches=args.difficulty_batches, torch_threads=args.torch_threads,
+                dtype=args.dtype)
+    base['row'] = dict(run_id=run_id, shape=args.shape, dtype=args.dtype, steps=args.steps,
+                       warmup=args.warmup,
                        machine=m, load_avg_1m_start=round(os.getloadavg()[0], 2),
                        command='python -m benchmarks.vs_pytorch ' + ' '.join(
                            sys.argv[1:] if argv is None else argv),
@@ -547,6 +570,8 @@ def main(argv=None) -> int:
     stem = f'vs_pytorch_{m["date"]}_{slug(m["cpu_model"])}-{m["cpu_count"]}cpu'
     if args.shape != 'paper':
         stem += f'_{args.shape}'
+    if args.dtype != 'float32':
+        stem += '_bf16'
     paths = write_results(rows, pathlib.Path(args.out), stem)
     print('\n'.join(str(p) for p in paths))
     return 0

@@ -258,3 +258,28 @@ def test_tiny_runner_writes_well_formed_rows(tmp_path):
     assert by[('train_step', 'torch')]['facts']['torch_threads'] == 1
     md = jsonl.with_suffix('.md').read_text()
     assert md.count('| reuse |') == 3 and f'Machine: {vs_pytorch.cpu_model()},' in md
+
+
+@needs_torch
+def test_bfloat16_rows_run_both_sides_in_bfloat16(tmp_path):
+    """--dtype bfloat16: jima_jax with model.dtype=bfloat16, PyTorch under its CPU autocast; the
+    first step's losses (same initial weights on each side) move by rounding only."""
+    rows = {}
+    for dtype in ('float32', 'bfloat16'):
+        cmd = [sys.executable, '-m', 'benchmarks.vs_pytorch', '--shape', 'tiny', '--steps', '1',
+               '--warmup', '0', '--torch_allocators', 'reuse', '--benchmarks', 'train_step',
+               '--torch_threads', '1', '--dtype', dtype, '--out', str(tmp_path / dtype)]
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (jsonl,) = (tmp_path / dtype).glob('vs_pytorch_*.jsonl')
+        assert jsonl.name.endswith('_tiny_bf16.jsonl' if dtype == 'bfloat16' else '_tiny.jsonl')
+        rows[dtype] = {r.get('side'): r for r in map(json.loads, jsonl.read_text().splitlines())}
+        assert all(r['dtype'] == dtype for r in rows[dtype].values())
+    assert rows['bfloat16']['torch']['facts']['autocast'] == 'bfloat16'
+    assert rows['float32']['torch']['facts']['autocast'] == 'float32'
+    for side in ('jax', 'torch'):
+        f32, bf16 = (rows[d][side]['result']['losses'] for d in ('float32', 'bfloat16'))
+        for key in f32:
+            assert bf16[key] == pytest.approx(f32[key], rel=0.05), (side, key)
+    md = (tmp_path / 'bfloat16').glob('*.md').__next__().read_text()
+    assert 'bfloat16 (jima_jax model.dtype; PyTorch autocast)' in md
