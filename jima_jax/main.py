@@ -21,10 +21,12 @@ full disk) ends in one paragraph on stderr, `error: ...`, and exit status 2; --v
 traceback. docs/reliability.md lists the faults and what each one does.
 """
 
+import _thread
 import errno
 import os
 import signal
 import sys
+import threading
 import traceback
 from typing import Optional
 
@@ -318,9 +320,16 @@ def _predict_exported() -> None:
 
 def _stop_on_sigterm(what: str) -> None:
     """SIGTERM during eval/predict exits at once, through Python, so the temporary file of a write
-    in progress is removed (atomic.write_with) and every file left is whole."""
+    in progress is removed (atomic.write_with) and every file left is whole.
+
+    Python runs the handler between any two bytecodes of the main thread, including inside an
+    object's `__del__` (Orbax's async manager has one), where a raised SystemExit is printed as
+    "Exception ignored" and the job runs on to the end. There the signal is delivered again a moment
+    later, once the finalizer has returned, instead of being lost."""
     def handler(signum, frame):
-        del frame
+        if _inside_finalizer(frame):
+            threading.Timer(0.05, _thread.interrupt_main, args=(signum,)).start()
+            return
         print(f'SIGTERM: {what} stopped; files it already wrote are whole, none is half-written. '
               'Rerun the same command to do it again.', file=sys.stderr, flush=True)
         raise SystemExit(128 + signum)
@@ -328,6 +337,15 @@ def _stop_on_sigterm(what: str) -> None:
         signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread
         pass
+
+
+def _inside_finalizer(frame) -> bool:
+    """Whether `frame` runs inside a `__del__`, where exceptions are swallowed."""
+    while frame is not None:
+        if frame.f_code.co_name == '__del__':
+            return True
+        frame = frame.f_back
+    return False
 
 
 if __name__ == '__main__':

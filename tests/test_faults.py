@@ -545,3 +545,31 @@ def test_sigterm_during_evaluation_leaves_only_whole_files(damaged_run):
     assert 'SIGTERM: evaluation stopped' in err
     assert _files(damaged_run / 'eval') == before  # stopped before writing: nothing lost
     _no_temporaries(damaged_run)
+
+
+_SIGTERM_IN_DEL = '''
+import os, signal, sys, time
+from jima_jax import main
+main._stop_on_sigterm('evaluation')
+
+class Finalized:
+    def __del__(self):  # the signal lands here, as it did in Orbax's async manager
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):
+            pass
+
+Finalized()
+for _ in range(200):
+    time.sleep(0.01)
+print('ran on to the end')
+'''
+
+
+def test_sigterm_inside_a_finalizer_still_stops_the_job():
+    """A SIGTERM handled inside `__del__` (where SystemExit is swallowed) is delivered again."""
+    proc = subprocess.run([sys.executable, '-c', _SIGTERM_IN_DEL], cwd=str(REPO),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stdout + proc.stderr
+    assert 'ran on to the end' not in proc.stdout
+    assert proc.stderr.count('SIGTERM: evaluation stopped') == 1
+    assert 'Exception ignored' not in proc.stderr
