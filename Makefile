@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 PLATFORM ?= cpu
 DEMO_DIR ?= runs/demo
 DEMO_CONFIG ?= configs/demo.py
-PYTEST_ARGS ?= -n 2
+PYTEST_ARGS ?= -n 2 --dist loadfile --no-loadscope-reorder
 DEPS_PYTHONS ?= python3.11 python3.12
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
 export JIMA_DATA_DIR ?= $(CURDIR)/.cache/data
@@ -25,7 +25,7 @@ PY_TAG := $(or $(shell $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) -
 LOCK := requirements/$(PY_TAG)-$(PLATFORM).txt
 INSTALLED := $(VENV)/.installed-$(PY_TAG)-$(PLATFORM)
 
-.PHONY: demo test bench install install-cuda install-tpu deps-upgrade clean-venv
+.PHONY: demo test lint bench install install-cuda install-tpu deps-upgrade clean-venv
 
 define check_python
 @$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else \
@@ -76,6 +76,10 @@ VENV_PATH = PATH="$(abspath $(BIN)):$$PATH"
 demo: $(INSTALLED)
 	$(VENV_PATH) $(BIN)/python -m jima_jax.main --config $(DEMO_CONFIG) --workdir $(DEMO_DIR)
 	$(VENV_PATH) $(BIN)/python -m jima_jax.main --config $(DEMO_CONFIG) --workdir $(DEMO_DIR) --mode eval
+
+# The repository's one style (pyproject.toml [tool.ruff]: width 100, single quotes); .ci/run runs it.
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
 
 test: $(INSTALLED)
 	$(VENV_PATH) $(BIN)/python -m pytest $(PYTEST_ARGS) tests

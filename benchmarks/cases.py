@@ -238,7 +238,8 @@ def input_pipeline(job: dict) -> list[dict]:
     b = first['images'].shape[0]
     return [dict(benchmark=job['benchmark'], case='train_batches', shape=shape, dtype='uint8',
                  batch=b, devices=0, views=first['images'].shape[1], step_seconds=seconds,
-                 examples_per_sec=b / seconds, images_per_sec=b * first['images'].shape[1] / seconds,
+                 examples_per_sec=b / seconds,
+                 images_per_sec=b * first['images'].shape[1] / seconds,
                  batches_per_sec=1 / seconds, first_call_seconds=first_s,
                  dataset_load_seconds=load_s, num_examples=len(split),
                  image=f'{split.images.shape[-1]}px stored -> {cfg.input.image_size}px crop',

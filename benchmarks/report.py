@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pathlib
-from typing import Optional
 
 import numpy as np
 
@@ -70,7 +69,8 @@ def checks(rows: list[dict]) -> list[str]:
     base = next((r for r in scaling if r['devices'] == 1), None)
     if base:
         for r in scaling[1:]:
-            if (r['shape'], r['dtype'], r['batch']) != (base['shape'], base['dtype'], base['batch']):
+            if ((r['shape'], r['dtype'], r['batch'])
+                    != (base['shape'], base['dtype'], base['batch'])):
                 continue
             out.append(f'{r["devices"]} devices vs 1 ({r["shape"]}, global batch {r["batch"]}): '
                        f'{r["examples_per_sec"] / base["examples_per_sec"]:.2f}x the examples/s; '
@@ -98,8 +98,9 @@ def markdown(rows: list[dict], title: str) -> str:
     hw = ok[0]['hardware'] if ok else {}
     lines = [f'# {title}', '']
     if hw:
-        lines.append(f'{hw["date"]}, {hw["platform"]} ({hw["device_kind"]}), {hw["host_cpus"]} host '
-                     f'CPUs, {hw["machine"]}, jax {hw["jax_version"]}, Python {hw["python"]}.')
+        lines.append(f'{hw["date"]}, {hw["platform"]} ({hw["device_kind"]}), '
+                     f'{hw["host_cpus"]} host CPUs, {hw["machine"]}, jax {hw["jax_version"]}, '
+                     f'Python {hw["python"]}.')
         loads = [r['hardware']['load_avg_1m'] for r in ok]
         lines.append(f'Host load average during the runs: {min(loads):.1f} to {max(loads):.1f}.')
     if hw.get('platform') == 'cpu':

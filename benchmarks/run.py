@@ -29,8 +29,8 @@ import time
 
 RESULTS_DIR = pathlib.Path(__file__).parent / 'results'
 ROW_PREFIX = 'BENCH_ROW '
-BENCHMARKS = ('render', 'step_variants', 'scaling', 'dtype', 'paper_model', 'pipeline', 'difficulty',
-              'beam_search')
+BENCHMARKS = ('render', 'step_variants', 'scaling', 'dtype', 'paper_model', 'pipeline',
+              'difficulty', 'beam_search')
 VARIANTS = ['fused_jit', 'pmap', 'unfused']
 
 

@@ -32,7 +32,7 @@ PYTORCH_PAIR_SECONDS = 7.1 + 17.6  # authors' report-task + entity-task step, ba
 RESULTS_DIR = pathlib.Path(__file__).parent / 'results'
 
 
-def _run_case(name: str, steps: int, mode: str, conv_impl: str, dtype: str,
+def _run_case(name: str, steps: int, mode: str, kernels: str, dtype: str,
               remat: bool, cpu_malloc: str = 'reuse') -> dict:
     import jax
     import numpy as np
@@ -45,7 +45,7 @@ def _run_case(name: str, steps: int, mode: str, conv_impl: str, dtype: str,
     spec = CASES[name]
     cfg = default.get_config()
     cfg.model.backbone = spec['backbone']
-    cfg.model.conv_impl = conv_impl
+    cfg.model.kernels = kernels
     cfg.model.dtype = dtype
     cfg.model.remat_backbone = remat
     cfg.parallel.cpu_malloc = cpu_malloc
@@ -92,7 +92,7 @@ def _run_case(name: str, steps: int, mode: str, conv_impl: str, dtype: str,
     step_s = float(np.median(times))
     studies = spec['batch'] * 2  # batch A + batch B in both modes (joint as the release's)
     return dict(
-        case=name, **spec, mode=mode, conv_impl=conv_impl, dtype=dtype, remat=remat,
+        case=name, **spec, mode=mode, kernels=kernels, dtype=dtype, remat=remat,
         xla_flags=os.environ.get('XLA_FLAGS', ''), cpu_malloc=cpu_malloc,
         devices=jax.device_count(), platform=jax.devices()[0].platform,
         step_seconds=step_s, step_seconds_all=times, first_step_seconds=compile_and_first,
@@ -124,7 +124,7 @@ def main(argv=None) -> None:
     parser.add_argument('--cases', default=','.join(CASES))
     parser.add_argument('--steps', type=int, default=3, help='timed steps after the first')
     parser.add_argument('--mode', default='alternate', choices=['alternate', 'joint'])
-    parser.add_argument('--conv_impl', default='auto', choices=['auto', 'xla', 'im2col'])
+    parser.add_argument('--kernels', default='auto', choices=['auto', 'portable', 'xla_cpu'])
     parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
     parser.add_argument('--remat', action='store_true', help='recompute backbone activations')
     parser.add_argument('--cpu_malloc', default='reuse', choices=['reuse', 'system'],
@@ -133,13 +133,13 @@ def main(argv=None) -> None:
     parser.add_argument('--_child', default='', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._child:
-        print(json.dumps(_run_case(args._child, args.steps, args.mode, args.conv_impl,
+        print(json.dumps(_run_case(args._child, args.steps, args.mode, args.kernels,
                                    args.dtype, args.remat, args.cpu_malloc)))
         return
     rows = []
     for name in args.cases.split(','):
         cmd = [sys.executable, '-m', 'benchmarks.train_step', '--_child', name,
-               '--steps', str(args.steps), '--mode', args.mode, '--conv_impl', args.conv_impl,
+               '--steps', str(args.steps), '--mode', args.mode, '--kernels', args.kernels,
                '--dtype', args.dtype, '--cpu_malloc', args.cpu_malloc] + (
                    ['--remat'] if args.remat else [])
         proc = subprocess.run(cmd, capture_output=True, text=True)

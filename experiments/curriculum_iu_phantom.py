@@ -270,9 +270,9 @@ def teacher_forced(workdir: pathlib.Path, schedule: str, seed: int, extra: list[
     """Test-split difficulties of the final checkpoint (teacher forcing, no decoding): mean k1,
     and mean k2 over all / abnormal / normal studies. Lower = the references rank higher."""
     import numpy as np
-    from jima_jax.train import difficulty, loop
+    from jima_jax.train import difficulty, run_setup
     cfg = run_config(schedule, seed, extra, config)
-    s = loop.setup(cfg, workdir)
+    s = run_setup.setup(cfg, workdir)
     try:
         fn = difficulty.jit_score_step(
             difficulty.build_score_step(s.modeldef, cfg.model, cfg.input), s.mesh,
@@ -440,19 +440,19 @@ def curriculum_sentences(records: list[dict], rows: list[str]) -> list[str]:
         lowest = min(paper['c1'] + paper['c2'])
         s = f', with s2 = 1 - mean k2 at {_range(paper["s2"])}' if paper['s2'] else ''
         if lowest >= INERT_C:
-            lines.append(f'**The paper\'s schedule (`{PAPER_ROW}`) is nearly inert here**: in its '
+            lines.append(f"**The paper's schedule (`{PAPER_ROW}`) is nearly inert here**: in its "
                          f'last epoch it still keeps at least {lowest:.1%} of the training '
                          f'studies for each task (final c2 {_range(paper["c2"])}{s}), so its runs '
                          'differ from `none` by very little training data.')
         else:
-            lines.append(f'The paper\'s schedule (`{PAPER_ROW}`) moves c: its smallest final '
+            lines.append(f"The paper's schedule (`{PAPER_ROW}`) moves c: its smallest final "
                          f'ratio is {lowest:.3f} (final c2 {_range(paper["c2"])}{s}).')
     return lines
 
 
 def _curves(records: list[dict], schedules: list[str]) -> list[str]:
     """Kept ratios and the kept Task-2 set's composition per epoch, mean over seeds."""
-    lines = ['', 'Per epoch (mean over seeds): c1 / c2, and the Task-2 kept set\'s abnormal and '
+    lines = ['', "Per epoch (mean over seeds): c1 / c2, and the Task-2 kept set's abnormal and "
              'infrequent-token shares (all training studies: '
              '{all_abn:.3f} / {all_inf:.3f}):', '']
     shares = None

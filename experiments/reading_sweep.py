@@ -203,7 +203,6 @@ def run(args) -> None:
             found = np.isin(train.labels[:, 1:], (LABEL_POSITIVE, LABEL_UNCERTAIN))
             targets = np.concatenate([found, train.abnormal[:, None] > 0], 1).astype(np.float32)
             targets = targets[:n_train]
-            d = state.params['visual']
             feat = model.visual.feature_dim * config.data.num_views
             head = {'w': jnp.zeros((feat, targets.shape[1])), 'b': jnp.zeros(targets.shape[1])}
             tx = optax.adam(1e-3)
@@ -226,7 +225,8 @@ def run(args) -> None:
 
             stats = state.batch_stats
             prng = np.random.default_rng(config.seed + 7)
-            order = np.concatenate([prng.permutation(n_train) for _ in range(n_steps * 2 * b // n_train + 1)])
+            order = np.concatenate([prng.permutation(n_train)
+                                    for _ in range(n_steps * 2 * b // n_train + 1)])
             for i in range(n_steps):
                 idx, imgs = _batches(train, order, i, 2 * b, size, prng)
                 p, opt, stats, loss = upd(p, opt, stats, imgs, targets[idx])
@@ -297,8 +297,9 @@ def run(args) -> None:
         for step in range(eval_at[-1]):
             epoch = step // steps_per_epoch
             if epoch not in orders:
-                orders = {epoch: [np.random.default_rng((config.seed, s, epoch)).permutation(n_train)
-                                  for s in (0, 1)]}
+                orders = {epoch: [
+                    np.random.default_rng((config.seed, s, epoch)).permutation(n_train)
+                    for s in (0, 1)]}
             in_epoch = step % steps_per_epoch
             parts = []
             for s in (0, 1):

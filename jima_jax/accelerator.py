@@ -49,7 +49,7 @@ def check(expected: str) -> str:
         devices = jax.local_devices()
         return (f'JAX computes on {backend}: {len(devices)} local device(s), '
                 f'{devices[0].device_kind} (jax {jax.__version__}, {sys.executable}).')
-    found = f"jax.default_backend() is {backend!r}" if backend else f'JAX failed to start: {why}'
+    found = f'jax.default_backend() is {backend!r}' if backend else f'JAX failed to start: {why}'
     if expected == 'cpu':
         hint = 'Set JAX_PLATFORMS=cpu, or install the CPU-only jax with `make install`.'
     elif os.environ.get('JAX_PLATFORMS', '').strip() and backend == 'cpu':

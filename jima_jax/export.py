@@ -112,8 +112,8 @@ def _restore(config, workdir: pathlib.Path, which: str, vocab_size: int):
     import jax
     import ml_collections
     from jima_jax import exported
-    from jima_jax.train import checkpoint, loop, parallel, step as step_lib
-    chosen = loop.checkpoint_step(workdir, config.train, which)
+    from jima_jax.train import checkpoint, parallel, step as step_lib
+    chosen = checkpoint.checkpoint_step(workdir, config.train, which)
     _, params, stats = step_lib.split_model(exported.build_model(config, vocab_size))
     host_state = jax.eval_shape(lambda p, s: step_lib.init_train_state(config, p, s),
                                 params, stats)  # shapes only: nothing is initialised
@@ -130,7 +130,7 @@ def _restore(config, workdir: pathlib.Path, which: str, vocab_size: int):
         raise FileNotFoundError(f'{workdir}: no checkpoint to export; train first.')
     state, _ = restored
     return (state.params, state.batch_stats, int(jax.device_get(state.step)),
-            loop.checkpoint_label(which, chosen))
+            checkpoint.checkpoint_label(which, chosen))
 
 
 def _test_metrics(workdir: pathlib.Path, step: int) -> Optional[dict]:
@@ -193,7 +193,7 @@ def card_markdown(card: dict) -> str:
         + (' A study with one file repeats it as the second view.' if views > 1 else ''), '',
         '## Training data', '',
         f'Dataset `{data["name"]}` (prepared {data["prepared"]}): {studies} studies.'
-        + (' Phantom data: synthetic images drawn from the reports\' findings; a model trained on '
+        + (" Phantom data: synthetic images drawn from the reports' findings; a model trained on "
            'them does not read real radiographs.' if 'phantom' in data['name'] else ''), '',
         '## Test metrics', '']
     if not test or not test['metrics']:
@@ -209,7 +209,7 @@ def card_markdown(card: dict) -> str:
             '.' if test['same_checkpoint'] else
             f', scored at step {test["step"]}: NOT the exported step; re-run --mode eval.'))
         lines.append('Image reliance is how much the loss grows when each study gets another '
-                     'study\'s images (0: the model ignores its images).')
+                     "study's images (0: the model ignores its images).")
     arch = card['architecture']
     lines += ['', '## Model', '',
               f'{arch["backbone"]}, Transformer width {arch["width"]} '

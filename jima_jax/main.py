@@ -136,7 +136,7 @@ def _run(argv):
     _join_job()
     import jax
     from jima_jax.data import prepare
-    from jima_jax.train import distributed, loop
+    from jima_jax.train import distributed, evaluate, loop, reporting
     distributed.process_zero_first(lambda: prepare.prepare_dataset(config.data), 'prepare')
     main_process = jax.process_index() == 0
     if _MODE.value == 'pretrain':
@@ -145,7 +145,7 @@ def _run(argv):
     elif _MODE.value == 'train':
         result = loop.train_and_evaluate(config, _WORKDIR.value)
         if main_process:
-            print(loop.format_results(result))
+            print(reporting.results_table(result))
     elif _MODE.value == 'predict':
         _stop_on_sigterm('prediction')
         from jima_jax import predict
@@ -162,7 +162,7 @@ def _run(argv):
         _stop_on_sigterm('evaluation')
         from jima_jax.evaluation import report
         split = _SPLIT.value or 'test'
-        result = loop.evaluate(config, _WORKDIR.value, split, _CHECKPOINT.value)
+        result = evaluate.evaluate(config, _WORKDIR.value, split, _CHECKPOINT.value)
         dataset = report.paper_dataset(config.data.name)
         if main_process:
             print(report.format_results(result, dataset))
@@ -298,7 +298,7 @@ def _predict_exported() -> None:
                              '--model DIR (an export folder).')
     given = [a.split('=')[0] for a in sys.argv[1:] if a.startswith('--config.')]
     if given or _SPLIT.value:
-        raise app.UsageError(f'--model {_MODEL.value} predicts with the folder\'s own config.json '
+        raise app.UsageError(f"--model {_MODEL.value} predicts with the folder's own config.json "
                              f'and image files; drop {", ".join(given) or "--split"}.')
     if _CONFIG.value is not None:
         print(f'--config is not used with --model: {_MODEL.value}/config.json is.',

@@ -3,10 +3,10 @@
 Studies come from `--images a.png,b.png` (one flag per study, views in order) or an `--image_list`
 file: JSON lines `{"id": ..., "images": [...]}`, or plain lines `path[,path...]` (the id is the
 first file's name without its suffix). Images go through the same steps as prepared data (any
-PNG/JPEG mode -> grayscale, resize to `data.image_size` as `data.resize` says, then the eval-time resize to
-`input.image_size`), so a checkpoint sees what it was trained on. Output: one JSON line per study,
-`id`, `images`, `report`, `mean_logprob` (and `token_logprobs` on request: one per generated
-token, the end-of-report token included).
+PNG/JPEG mode -> grayscale, resize to `data.image_size` as `data.resize` says, then the eval-time
+resize to `input.image_size`), so a checkpoint sees what it was trained on. Output: one JSON line
+per study, `id`, `images`, `report`, `mean_logprob` (and `token_logprobs` on request: one per
+generated token, the end-of-report token included).
 
 From an exported model folder (`--mode export`), without the dataset, the workdir or TensorFlow:
 
@@ -33,7 +33,7 @@ from jima_jax.data import sources
 from jima_jax.data.types import NUM_OBSERVATIONS, PreparedSplit
 from jima_jax.train import validate
 
-PREDICT_SPLIT = 'predict'
+PREDICT_SPLIT = 'predict'  # studies from image files: written to <workdir>/predict/predict.jsonl
 
 
 def parse_studies(images: Sequence[str] = (), image_list: Optional[str] = None
@@ -127,28 +127,29 @@ def predict(config, workdir: str, *, images: Sequence[str] = (), image_list: Opt
             split: Optional[str] = None, which: str = 'auto', output: Optional[str] = None,
             with_token_logprobs: bool = False) -> pathlib.Path:
     """Generates reports with a checkpoint of `workdir`; returns the predictions.jsonl path."""
-    from jima_jax.train import loop
+    from jima_jax.train import checkpoint, run_setup
     if split and (images or image_list):
         raise ValueError('--mode predict: give either --split or image files, not both.')
     studies = None if split else parse_studies(images, image_list)
     workdir_path = pathlib.Path(workdir)
-    step = loop.checkpoint_step(workdir_path, config.train, which)
-    s = loop.setup(config, workdir_path, step=step)
+    step = checkpoint.checkpoint_step(workdir_path, config.train, which)
+    run = run_setup.setup(config, workdir_path, step=step)
     try:
         if split:
-            if split not in s.dataset.splits:
+            if split not in run.dataset.splits:
                 raise ValueError(f'--split={split!r}: the dataset has splits '
-                                 f'{sorted(s.dataset.splits)}.')
-            name, paths = split, {}
+                                 f'{sorted(run.dataset.splits)}.')
+            name, paths, source = split, {}, run.dataset.splits[split]
         else:
-            s.dataset.splits[PREDICT_SPLIT] = studies_as_split(
+            source = studies_as_split(
                 studies, config.data.num_views, int(config.data.image_size),
                 int(config.data.max_len), int(config.data.max_entities),
                 config.data.get('resize', 'square'))
             name, paths = PREDICT_SPLIT, dict(studies)
-        generated = validate.generate_split(s, validate.make_generate(s), name, s.state)
+        generated = validate.generate_split(run, validate.make_generate(run), source,
+                                            run.state)
     finally:
-        s.checkpointer.close()
+        run.checkpointer.close()
     out = pathlib.Path(output) if output else workdir_path / 'predict' / f'{name}.jsonl'
     if jax.process_index() == 0:
         write_predictions(out, generated, paths, with_token_logprobs)

@@ -62,6 +62,7 @@ def test_demo_variants_are_the_recipes_whose_figures_the_readme_quotes():
     assert (long.pretrain.steps, long.train.max_steps) == (400, 3200)
     # ':tiny' is the demo before 2026-12-04: no pre-training, 480 studies, decaying 5e-4
     assert tiny.pretrain.steps == 0 and tiny.data.phantom.num_train == 480
-    assert (tiny.optim.task1.lr, tiny.optim.task1.decay_rate, tiny.train.num_epochs) == (5e-4, 0.9, 6)
+    assert (tiny.optim.task1.lr, tiny.optim.task1.decay_rate,
+            tiny.train.num_epochs) == (5e-4, 0.9, 6)
     with pytest.raises(ValueError, match='long'):
         demo.get_config('longer')

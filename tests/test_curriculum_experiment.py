@@ -235,7 +235,7 @@ def test_the_final_c2_sentence_says_whether_the_papers_schedule_moved():
                                'last epoch it still keeps at least 97.7%')
     assert 's2 = 1 - mean k2 at 0.985..0.985' in lines[1]
     active = [record('jima', 0, curves=curve([1.0, 0.7]))]
-    assert "moves c: its smallest final ratio is 0.700" in experiment.curriculum_sentences(
+    assert 'moves c: its smallest final ratio is 0.700' in experiment.curriculum_sentences(
         active, ['jima'])[1]
 
 

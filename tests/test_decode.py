@@ -508,7 +508,7 @@ def test_transformer_searches_agree():
 
 
 # ------------------------------------------------------- the whole generate fn, 1 vs 8 devices
-SHARDED_SCRIPT = r'''
+SHARDED_SCRIPT = r"""
 import sys
 import jax, numpy as np
 from flax import nnx
@@ -537,7 +537,7 @@ many = jax.jit(generate, in_shardings=(rep, rep, shard))(params, stats, images)
 assert len(many['tokens'].sharding.device_set) == 8, many['tokens'].sharding
 out = {f'{name}_{n}': np.asarray(x[name]) for n, x in ((1, one), (8, many)) for name in x}
 np.savez(sys.argv[1], **out)
-'''
+"""
 
 
 def test_generate_one_vs_eight_devices(tmp_path):

@@ -252,7 +252,7 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_earlier_ones(small, monk
     ck.close()
     # with space again, the rerun (a new process, as after the exit-2 error) saves step 6 anew
     from tests.helpers import run_python
-    rerun = run_python(f'''
+    rerun = run_python(f"""
 import json, numpy as np, jax
 from jima_jax.train import checkpoint
 from tests.test_faults import _abstract, _extra, _state, _train_cfg
@@ -264,7 +264,7 @@ ck.close()
 same = all(np.array_equal(np.asarray(a), np.asarray(b))
            for a, b in zip(jax.tree.leaves(_state(6)), jax.tree.leaves(state)))
 print(json.dumps({{'steps': sorted(ck.manager.all_steps()), 'same': same, 'extra': extra}}))
-''', timeout=300)
+""", timeout=300)
     assert rerun == {'steps': [2, 4, 6], 'same': True, 'extra': _extra(6)}
     assert not list(small.glob('6.orbax-checkpoint-tmp*'))
 
@@ -503,26 +503,26 @@ def test_training_resumes_from_the_previous_checkpoint_and_matches_the_undamaged
 def test_eval_checkpoint_choice_with_a_damaged_newest_checkpoint(damaged_run, capsys):
     """--checkpoint 4 fails by name; best (= 4) and latest fall back to step 2 with a warning."""
     from configs import smoke
-    from jima_jax.train import loop
+    from jima_jax.train import run_setup
     config = smoke.get_config()
-    assert loop.checkpoint_step(damaged_run, config.train, '4') == 4
+    assert checkpoint.checkpoint_step(damaged_run, config.train, '4') == 4
     with pytest.raises(checkpoint.CheckpointError,
                        match=r'checkpoint step 4 is damaged: \S*/checkpoints/4/state/\S+ differs '
                              r'from the checksum recorded when it was saved\. Choose another step'):
-        loop.setup(config, damaged_run, step=4)
+        run_setup.setup(config, damaged_run, step=4)
     assert (damaged_run / 'checkpoints' / '4').is_dir()
     capsys.readouterr()
-    assert loop.checkpoint_step(damaged_run, config.train, 'best') is None
+    assert checkpoint.checkpoint_step(damaged_run, config.train, 'best') is None
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith('warning: checkpoint step 4 is damaged')
     assert err[0].endswith('Using the newest intact checkpoint instead.')
-    assert loop.checkpoint_step(damaged_run, config.train, 'latest') is None
-    s = loop.setup(config, damaged_run)
+    assert checkpoint.checkpoint_step(damaged_run, config.train, 'latest') is None
+    s = run_setup.setup(config, damaged_run)
     s.checkpointer.close()
     assert int(jax.device_get(s.state.step)) == 2 and s.extra['position']['step_in_epoch'] == 2
     with pytest.raises(ValueError, match=r"--checkpoint='4': expected latest, best or one of the "
                                          r"saved steps \[2\]"):
-        loop.checkpoint_step(damaged_run, config.train, '4')
+        checkpoint.checkpoint_step(damaged_run, config.train, '4')
 
 
 def test_sigterm_during_evaluation_leaves_only_whole_files(damaged_run):
@@ -547,7 +547,7 @@ def test_sigterm_during_evaluation_leaves_only_whole_files(damaged_run):
     _no_temporaries(damaged_run)
 
 
-_SIGTERM_IN_DEL = '''
+_SIGTERM_IN_DEL = """
 import os, signal, sys, time
 from jima_jax import main
 main._stop_on_sigterm('evaluation')
@@ -562,7 +562,7 @@ Finalized()
 for _ in range(200):
     time.sleep(0.01)
 print('ran on to the end')
-'''
+"""
 
 
 def test_sigterm_inside_a_finalizer_still_stops_the_job():

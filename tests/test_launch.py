@@ -144,11 +144,11 @@ def test_tpu_pod_fails_loudly_when_the_workers_jax_is_not_on_a_tpu(tmp_path):
     """gcloud faked: `ssh --command=...` runs the command here, in the worker's home, on this
     CPU-only jax. The real check must stop the launch before preparing or training."""
     home = _worker_home(tmp_path)
-    env = _fake(tmp_path, 'gcloud', textwrap.dedent(f'''
+    env = _fake(tmp_path, 'gcloud', textwrap.dedent(f"""
         for a in "$@"; do case $a in --command=*) cmd=${{a#--command=}} ;; esac; done
         [ -n "${{cmd:-}}" ] || exit 0
         cd {home} && PYTHONPATH={REPO} JAX_PLATFORMS= bash -c "$cmd"
-    '''))
+    """))
     proc = _run(['bash', 'launch/tpu_pod.sh', '--name', 'n', '--zone', 'z', '--skip-install',
                  '--skip-prepare', '--', *MAIN_FLAGS], env=env, timeout=120)
     assert proc.returncode == 3, proc.stdout + proc.stderr
@@ -223,10 +223,10 @@ def test_sbatch_prepares_then_runs_one_process_per_task(tmp_path, per_node):
 
 
 # A fake srun that runs the accelerator check here (on this CPU-only jax) and records the rest.
-_SRUN_RUNS_THE_CHECK = '''
+_SRUN_RUNS_THE_CHECK = """
 while [[ $1 == --* ]]; do shift; done
 if [[ " $* " == *" jima_jax.accelerator "* ]]; then exec "$@"; fi
-'''
+"""
 
 
 @pytest.mark.parametrize('expect', ['', 'tpu'])
@@ -275,7 +275,7 @@ def test_local_multihost_stops_every_process_when_one_fails(tmp_path):
     """Process 1 fails at once; process 0 would wait forever for it (as a real one waits for its
     peers): the launcher must exit with process 1's status and kill process 0's group."""
     fake_python = tmp_path / 'python'
-    fake_python.write_text(textwrap.dedent(f'''
+    fake_python.write_text(textwrap.dedent(f"""
         #!/usr/bin/env bash
         for a in "$@"; do case $a in --process_id=*) id=${{a#--process_id=}} ;; esac; done
         echo "$@" > {tmp_path}/args_$id
@@ -284,9 +284,10 @@ def test_local_multihost_stops_every_process_when_one_fails(tmp_path):
           for _ in $(seq 100); do [ -s {tmp_path}/child_pid ] && break; sleep 0.1; done
           echo "process 1 broke" >&2; exit 3
         fi
-        sleep 300 & echo $! > {tmp_path}/child_pid.tmp; mv {tmp_path}/child_pid.tmp {tmp_path}/child_pid
+        sleep 300 & echo $! > {tmp_path}/child_pid.tmp; \
+mv {tmp_path}/child_pid.tmp {tmp_path}/child_pid
         wait
-    ''').lstrip())
+    """).lstrip())
     fake_python.chmod(0o755)
     env = dict(os.environ, PYTHON=str(fake_python), JIMA_COORDINATOR_PORT='12345')
     t0 = time.time()

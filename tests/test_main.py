@@ -1,26 +1,35 @@
-"""End to end through the CLI: outputs other tools read, eval mode, SIGKILL / SIGTERM + resume.
+"""End to end through the CLI: outputs other tools read, eval mode, SIGTERM / SIGKILL + resume.
 
 All runs use configs/smoke.py (tiny phantom data, ResNet-18 at 32 px) in subprocesses, the way a
-user or a cluster scheduler runs the package.
+user or a cluster scheduler runs the package, with the JIMA curriculum on (2 warm-up epochs, then
+2 epochs on the selected examples), so that one interrupted run checks the resume of both the
+training state and the curriculum state.
 """
 
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from configs import default
+from jima_jax.train import checkpoint
 from tests.conftest import REPO
 
-STEPS = 24  # 3 epochs x (64 train studies / batch 8)
-OVERRIDES = ['--config.train.num_epochs=3', '--config.train.checkpoint_every_steps=2',
-             '--config.train.keep_checkpoints=2']
+STEPS = 16  # 4 epochs x 4 steps
+KILL_AT = 9  # a periodic checkpoint inside epoch 3 (steps 9..12), the first curriculum epoch
+OVERRIDES = ['--config.curriculum.schedule=jima', '--config.curriculum.warmup_epochs=2',
+             '--config.train.num_epochs=4', '--config.train.steps_per_epoch=4',
+             '--config.train.checkpoint_every_steps=3', '--config.train.keep_checkpoints=2',
+             '--config.train.log_every_steps=1']
 
 
 def _cmd(workdir, *extra, mode='train'):
@@ -40,11 +49,6 @@ def _checkpoint_steps(workdir: pathlib.Path) -> list[int]:
     return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.exists() else []
 
 
-def _final_state(workdir: pathlib.Path):
-    path = workdir / 'checkpoints' / str(STEPS) / 'state'
-    return ocp.StandardCheckpointer().restore(path)
-
-
 @pytest.fixture(scope='module')
 def reference(tmp_path_factory, smoke_dataset):
     workdir = tmp_path_factory.mktemp('reference')
@@ -59,14 +63,16 @@ def test_training_writes_the_output_contract(reference):
     for r in train_rows:
         for key in ('step', 'epoch', 'loss/report', 'loss/entity', 'examples_per_sec'):
             assert key in r, (key, r)
-    assert [r['epoch'] for r in rows if 'val/loss/report' in r] == [0, 1, 2]
+    assert [r['epoch'] for r in rows if 'val/loss/report' in r] == [0, 1, 2, 3]
     assert train_rows[-1]['loss/report'] < train_rows[0]['loss/report']
     assert list((workdir / 'tb').glob('events.out.tfevents.*'))
     config = json.loads((workdir / 'config.json').read_text())
-    assert config['train']['num_epochs'] == 3 and config['model']['backbone'] == 'resnet18'
+    assert config['train']['num_epochs'] == 4 and config['model']['backbone'] == 'resnet18'
     assert (workdir / 'plots' / 'loss.png').stat().st_size > 1000
-    # last 2 kept plus the best by val/loss/report (the final one here)
-    assert _checkpoint_steps(workdir) == [22, 24] or _checkpoint_steps(workdir)[-1] == STEPS
+    assert (workdir / 'plots' / 'curriculum.png').is_file()
+    # the last 2 kept (15: periodic, 16: the end of the run), plus the best by val/loss/report
+    kept = _checkpoint_steps(workdir)
+    assert kept[-2:] == [15, 16] and len(kept) <= 3 and set(kept) <= {4, 8, 12, 15, 16}
     assert 'ex/s' in stdout and 'ETA' in stdout and 'val/loss/report' in stdout
     summary = json.loads((workdir / 'train_summary.json').read_text())
     assert summary['status'] == 'completed' and summary['step'] == STEPS
@@ -122,7 +128,32 @@ def _check_predict_mode_equals_eval(workdir, eval_reports, tmp_path, smoke_datas
     assert bad.returncode != 0 and 'missing.png is missing' in bad.stderr
 
 
+def _rows(workdir: pathlib.Path) -> dict:
+    """The last logged row of every (step, kind): a resumed run re-logs the redone steps."""
+    out = {}
+    for line in (workdir / 'train_log.jsonl').read_text().splitlines():
+        row = json.loads(line)
+        kind = 'c' if 'curriculum/c1' in row else 'v' if 'val/loss/report' in row else 't'
+        row.pop('examples_per_sec', None)
+        row.pop('images_per_sec', None)
+        out[(row['step'], kind)] = row
+    return out
+
+
+def _final(workdir: pathlib.Path):
+    """(step, state as numpy, extra) of the latest checkpoint."""
+    ck = checkpoint.Checkpointer(workdir / 'checkpoints', default.get_config().train)
+    step = ck.latest_step()
+    restored = ck.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), extra=ocp.args.JsonRestore()))
+    ck.close()
+    return step, jax.tree.map(np.asarray, restored['state']), restored['extra']
+
+
 def test_sigkill_and_sigterm_then_resume_reproduce_the_uninterrupted_run(reference, tmp_path):
+    """SIGTERM in the warm-up (the position is saved, exit 0), resume, SIGKILL at a periodic
+    checkpoint inside the first curriculum epoch (an async save may be running), resume to the
+    end: every logged row, the curriculum state and every array equal the uninterrupted run's."""
     ref_dir, _ = reference
     workdir = tmp_path / 'interrupted'
     env = dict(os.environ)
@@ -131,43 +162,56 @@ def test_sigkill_and_sigterm_then_resume_reproduce_the_uninterrupted_run(referen
         return subprocess.Popen(_cmd(workdir), cwd=str(REPO), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env=env)
 
-    def wait_for_new_checkpoint(proc, after: int, timeout=300):
+    def wait_for_checkpoint(proc, done, what: str, timeout=300):
         deadline = time.time() + timeout
         while time.time() < deadline:
-            if any(s > after for s in _checkpoint_steps(workdir)):
+            if done(_checkpoint_steps(workdir)):
                 return
             if proc.poll() is not None:
-                pytest.fail(f'run ended before a checkpoint after step {after}: '
-                            f'{proc.stderr.read()[-3000:]}')
-            time.sleep(0.05)
+                pytest.fail(f'run ended before {what}: {proc.stderr.read()[-3000:]}')
+            time.sleep(0.02)
         proc.kill()
-        pytest.fail('no checkpoint appeared in time')
+        pytest.fail(f'no {what} in time')
 
-    # 1. SIGKILL as soon as the first checkpoint is on disk (mid-epoch, async save may be running)
+    # 1. SIGTERM once the first checkpoint is on disk: it must save and exit cleanly
     proc = start()
-    wait_for_new_checkpoint(proc, 0)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    killed_at = max(_checkpoint_steps(workdir))
-    assert killed_at < STEPS
-    # 2. resume; SIGTERM after its first new checkpoint: it must save and exit cleanly
-    proc = start()
-    wait_for_new_checkpoint(proc, killed_at)
+    wait_for_checkpoint(proc, bool, 'a first checkpoint')
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     assert 'SIGTERM: saved step' in out, out[-2000:]
     saved = int(out.split('SIGTERM: saved step ')[1].split()[0])
-    assert saved == max(_checkpoint_steps(workdir)) and killed_at < saved < STEPS
-    # 3. resume to the end
+    assert saved == max(_checkpoint_steps(workdir)) and 0 < saved < KILL_AT
+    summary = json.loads((workdir / 'train_summary.json').read_text())
+    assert (summary['status'], summary['step']) == ('preempted', saved)
+    # 2. resume; SIGKILL as soon as the periodic checkpoint KILL_AT is on disk (mid-epoch)
+    proc = start()
+    wait_for_checkpoint(proc, lambda steps: KILL_AT in steps, f'checkpoint {KILL_AT}')
+    proc.send_signal(signal.SIGKILL)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert f'resuming from step {saved} ' in out
+    assert json.loads((workdir / 'train_summary.json').read_text())['status'] == 'preempted'
+    # 3. resume to the end, from mid-way through a curriculum epoch
     stdout = _run(workdir)
-    assert 'resuming from step' in stdout or max(_checkpoint_steps(workdir)) == STEPS
-    got, want = _final_state(workdir), _final_state(ref_dir)
-    flat_got, flat_want = ocp.tree.to_flat_dict(got), ocp.tree.to_flat_dict(want)
-    assert flat_got.keys() == flat_want.keys()
-    for key in flat_want:
-        np.testing.assert_array_equal(np.asarray(flat_got[key]), np.asarray(flat_want[key]),
-                                      err_msg=str(key))
+    where = re.search(r'resuming from step (\d+) \(epoch (\d+), batch (\d+)\)', stdout)
+    assert where, stdout[-2000:]
+    step, epoch, batch = map(int, where.groups())
+    assert step >= KILL_AT and epoch >= 3 and batch > 0
+    assert json.loads((workdir / 'train_summary.json').read_text())['status'] == 'completed'
+
+    full_rows, cut_rows = _rows(ref_dir), _rows(workdir)
+    assert full_rows == cut_rows  # every step's losses, every validation, every curriculum row
+    kept = [r['curriculum/kept2'] for (s, kind), r in sorted(full_rows.items()) if kind == 'c']
+    assert kept[:2] == [64.0, 64.0] and len(kept) == 4  # warm-up, then the curriculum
+    a_step, a_state, a_extra = _final(ref_dir)
+    b_step, b_state, b_extra = _final(workdir)
+    assert a_step == b_step == STEPS
+    assert a_extra['curriculum'] == b_extra['curriculum']  # kept sets, s and c, difficulties
+    assert len(a_extra['curriculum']['c_history']) == 2
+    assert jax.tree.structure(a_state) == jax.tree.structure(b_state)
+    for x, y in zip(jax.tree.leaves(a_state), jax.tree.leaves(b_state)):
+        np.testing.assert_array_equal(x, y)  # parameters, optimizer states, BatchNorm stats
     rows = [json.loads(line) for line in (workdir / 'train_log.jsonl').read_text().splitlines()]
     steps = [r['step'] for r in rows if 'loss/report' in r]
-    assert steps == sorted(set(steps)), 'resumed log repeats steps'
+    assert steps == sorted(set(steps)) == list(range(1, STEPS + 1)), 'resumed log repeats steps'

@@ -1,17 +1,15 @@
-"""Multi-process runs: who-am-I resolution (flags, SLURM, TPU), joining a job, the end-to-end
-check that `launch/local_multihost.sh 2 2` trains exactly like one process with 4 devices, and
-that SIGTERM to one process of such a job stops every process at the same step.
+"""Multi-process runs: who-am-I resolution (flags, SLURM, TPU), joining a job, and one end-to-end
+job of `launch/local_multihost.sh 2 2` that must stop every process at one step when SIGTERM
+reaches one of them, train exactly like one process with 4 devices, and resume in one process.
 
-The two end-to-end tests (`test_two_processes_train_like_one_process_with_four_devices`,
-`test_sigterm_to_one_process_stops_every_process_at_one_step`) are the slow ones here (each about
-1-3 minutes on 2 cores: smoke trainings compiled side by side); set JIMA_SKIP_MULTIHOST_E2E=1 to
-skip them.
+The end-to-end test (`test_sigterm_to_one_process_stops_every_process_at_one_step`)
+is the slow one here (about 2-3 minutes on 2 cores: a smoke training compiled by both processes,
+then twice one process); set JIMA_SKIP_MULTIHOST_E2E=1 to skip it.
 """
 
 import json
 import os
 import pathlib
-import shutil
 import signal
 import subprocess
 import sys
@@ -60,7 +58,8 @@ def test_explicit_flags():
 @pytest.mark.parametrize('kwargs, match', [
     (dict(coordinator_address='h:1', num_processes=2), 'without --process_id'),
     (dict(num_processes=2, process_id=0), 'without --coordinator_address'),
-    (dict(coordinator_address='h:1', num_processes=2, process_id=2), r'in \[0, --num_processes=2\)'),
+    (dict(coordinator_address='h:1', num_processes=2, process_id=2),
+     r'in \[0, --num_processes=2\)'),
     (dict(coordinator_address='h', num_processes=2, process_id=0), 'expected host:port'),
 ])
 def test_incomplete_or_inconsistent_flags_fail_clearly(kwargs, match):
@@ -153,7 +152,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-JOIN = textwrap.dedent('''
+JOIN = textwrap.dedent("""
     import json, pathlib, sys
     import jax, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -178,7 +177,7 @@ JOIN = textwrap.dedent('''
         source=cluster.source, index=jax.process_index(), count=jax.process_count(),
         devices=jax.device_count(), total=float(total), seen_marker=seen, agreed=agreed,
         preemption_service=jax.config.jax_enable_preemption_service)))
-''')
+""")
 
 
 def test_two_slurm_tasks_join_one_job(tmp_path):
@@ -211,12 +210,12 @@ def test_two_slurm_tasks_join_one_job(tmp_path):
     assert [r['preemption_service'] for r in results] == [False, False]
 
 
-SMOKE_OVERRIDES = ['--config', 'configs/smoke.py', '--config.train.max_steps=4',
-                   '--config.train.log_every_steps=1',
-                   # see tests/train/test_sharding.py: without these two, rounding differences
-                   # between device layouts are amplified over steps in a tiny random network
-                   '--config.model.freeze_bn_stats=True', '--config.optim.task1.eps=1e-3',
-                   '--config.optim.task2.eps=1e-3']
+JOB_FLAGS = ['--config', 'configs/smoke.py', '--config.train.num_epochs=1',
+             '--config.train.steps_per_epoch=1000', '--config.train.log_every_steps=3',
+             # see tests/train/test_sharding.py: without these two, rounding differences
+             # between device layouts are amplified over steps in a tiny random network
+             '--config.model.freeze_bn_stats=True', '--config.optim.task1.eps=1e-3',
+             '--config.optim.task2.eps=1e-3']
 
 
 def _train_rows(workdir: pathlib.Path) -> list[dict]:
@@ -232,59 +231,6 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=40)  # the launcher escalates to SIGKILL after 20 s
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-
-
-@pytest.mark.skipif(os.environ.get('JIMA_SKIP_MULTIHOST_E2E') == '1',
-                    reason='JIMA_SKIP_MULTIHOST_E2E=1')
-def test_two_processes_train_like_one_process_with_four_devices(tmp_path, smoke_dataset):
-    """SLOW (1-2 min). 2 processes x 2 CPU devices (gloo) vs 1 process x 4 devices: the same
-    global batches, so the same losses. Wrong per-process slicing, per-process BatchNorm
-    statistics or duplicated batches would change them by far more than the tolerance."""
-    one, two = tmp_path / 'one_process', tmp_path / 'two_processes'
-    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu',
-               JIMA_COORDINATOR_PORT=str(_free_port()))
-    # Both runs compile side by side (compilation is mostly single-threaded); the reference at a
-    # lower priority, so that the two processes of the job (which must meet within gloo's 30 s
-    # rendezvous at their first collective) keep pace with each other.
-    multi = subprocess.Popen(['bash', 'launch/local_multihost.sh', '2', '2', *SMOKE_OVERRIDES,
-                              '--workdir', str(two)], cwd=str(REPO), env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True)
-    nice = ['nice', '-n', '10'] if shutil.which('nice') else []
-    single = subprocess.Popen([*nice, sys.executable, '-m', 'jima_jax.main', *SMOKE_OVERRIDES,
-                               '--workdir', str(one)], cwd=str(REPO),
-                              env=dict(env, XLA_FLAGS='--xla_force_host_platform_device_count=4'),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              start_new_session=True)
-    t0 = time.monotonic()
-    try:
-        out_multi, err_multi = multi.communicate(timeout=300)
-        t_multi = time.monotonic() - t0
-        out_single, err_single = single.communicate(timeout=300)
-        print(f'2x2 run {t_multi:.0f} s, 1x4 run {time.monotonic() - t0:.0f} s')
-    finally:
-        _stop(multi)
-        _stop(single)
-    assert single.returncode == 0, err_single[-3000:]
-    log1 = two / 'logs' / 'process_1.log'
-    assert multi.returncode == 0, err_multi[-3000:] + (log1.read_text()[-2000:]
-                                                        if log1.exists() else '')
-    assert '[Gloo]' in err_multi + log1.read_text()  # the CPU collectives really ran
-    ref, got = _train_rows(one), _train_rows(two)
-    # Only process 0 writes: one row per step, not two.
-    assert [r['step'] for r in got] == [r['step'] for r in ref] == [1, 2, 3, 4]
-    for key in ('loss/entity', 'loss/report'):
-        want, have = np.array([r[key] for r in ref]), np.array([r[key] for r in got])
-        np.testing.assert_allclose(have, want, rtol=1e-5, err_msg=key)
-        assert abs(want[-1] - want[0]) > 100 * 1e-5 * abs(want[0])  # the losses do move
-    assert out_multi.count('step 4/4') == 1 and 'max_steps' in out_multi
-    # The multi-process checkpoint is complete and holds the same parameters.
-    flat = [_restore_flat(d / 'checkpoints' / '4' / 'state') for d in (one, two)]
-    assert flat[0].keys() == flat[1].keys()
-    for key in flat[0]:
-        np.testing.assert_allclose(np.asarray(flat[1][key], np.float64),
-                                   np.asarray(flat[0][key], np.float64), rtol=1e-4, atol=1e-6,
-                                   err_msg=str(key))
 
 
 def _restore_flat(path: pathlib.Path) -> dict:
@@ -318,62 +264,102 @@ def _saved_step(text: str, prefix: str) -> int:
     return int(text.split(prefix)[1].split()[0])
 
 
+def _one_process(workdir: pathlib.Path, env: dict, max_steps: int) -> subprocess.CompletedProcess:
+    """The job's flags in one process with the job's 4 devices, up to `max_steps`."""
+    proc = subprocess.run(
+        [sys.executable, '-m', 'jima_jax.main', *JOB_FLAGS, '--workdir', str(workdir),
+         '--num_cpu_devices=4', f'--config.train.max_steps={max_steps}'], cwd=str(REPO),
+        env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 @pytest.mark.skipif(os.environ.get('JIMA_SKIP_MULTIHOST_E2E') == '1',
                     reason='JIMA_SKIP_MULTIHOST_E2E=1')
 @pytest.mark.skipif(not pathlib.Path('/proc').is_dir(), reason='finds process 1 through /proc')
 def test_sigterm_to_one_process_stops_every_process_at_one_step(tmp_path, smoke_dataset):
-    """SLOW (2-3 min on 2 busy cores). SIGTERM reaches process 1 only; both processes must stop at the
-    same step (the next logging step), save one complete checkpoint there together, and exit
-    cleanly; a one-process run resumes from it. Without the agreement process 1 would save and
-    exit alone and process 0 would wait for it in the next collective until the launcher's
-    SIGKILL."""
-    workdir = tmp_path / 'job'
-    flags = ['--config', 'configs/smoke.py', '--config.train.num_epochs=1',
-             '--config.train.steps_per_epoch=1000', '--config.train.log_every_steps=3',
-             '--workdir', str(workdir)]
+    """SLOW (2-3 min on 2 busy cores). SIGTERM to one process of a `launch/local_multihost.sh 2 2`
+    job (2 processes x 2 CPU devices, gloo) stops every process at one step; the job trains like
+    one process with 4 devices; one process resumes it. One job serves all three checks (each
+    of its processes compiles the train step without the compilation cache):
+
+    1. SIGTERM reaches process 1 only: both processes must stop at the same step (the next
+       logging step), save one complete checkpoint there together, and exit cleanly. Without
+       the agreement process 1 would save and exit alone and process 0 would wait for it in the
+       next collective until the launcher's SIGKILL.
+    2. One process with 4 devices, the same global batches, to that step: the same losses and
+       parameters. Wrong per-process slicing, per-process BatchNorm statistics or duplicated
+       batches would change them by far more than the tolerance.
+    3. The same one-process command resumes the job's checkpoint and trains on.
+    """
+    job_dir, one = tmp_path / 'job', tmp_path / 'one_process'
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu',
                JIMA_COORDINATOR_PORT=str(_free_port()), STOP_GRACE_S='5')
-    job = subprocess.Popen(['bash', 'launch/local_multihost.sh', '2', '2', *flags],
-                           cwd=str(REPO), env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, start_new_session=True)
-    log1 = workdir / 'logs' / 'process_1.log'
+    env.pop('XLA_FLAGS', None)
+    job = subprocess.Popen(['bash', 'launch/local_multihost.sh', '2', '2', *JOB_FLAGS,
+                            '--workdir', str(job_dir)], cwd=str(REPO), env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    log1 = job_dir / 'logs' / 'process_1.log'
+    t0 = time.monotonic()
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and job.poll() is None:
-            # process 0 logs step 3 only once process 1 ran it too: both are in the loop
-            if (workdir / 'train_log.jsonl').exists() and _train_rows(workdir):
+            # process 0 logs a step only once process 1 ran it too: both are in the loop; two
+            # logged steps (3, 6) before the signal leave at least two to compare
+            if (job_dir / 'train_log.jsonl').exists() and len(_train_rows(job_dir)) >= 2:
                 break
             time.sleep(0.2)
         assert job.poll() is None, job.communicate()[1][-3000:]
-        os.kill(_pid_of('--process_id=1', str(workdir)), signal.SIGTERM)
+        os.kill(_pid_of('--process_id=1', str(job_dir)), signal.SIGTERM)
         out, err = job.communicate(timeout=240)
+        print(f'2x2 job {time.monotonic() - t0:.0f} s')
     finally:
         _stop(job)
     log = log1.read_text()
     assert job.returncode == 0, err[-3000:] + log[-3000:]
+    assert '[Gloo]' in err + log  # the CPU collectives really ran
     stopped_0 = _saved_step(out, 'SIGTERM (to another process): saved step ')
     stopped_1 = _saved_step(log, 'SIGTERM: saved step ')
-    assert stopped_0 == stopped_1 and stopped_0 % 3 == 0 and 3 <= stopped_0 < 1000
+    assert stopped_0 == stopped_1 and stopped_0 % 3 == 0 and 6 <= stopped_0 < 1000
+    stopped = stopped_0
     assert 'preempted' in out
+    # Only process 0 writes and prints: one row and one progress line per logged step, not two.
+    got = _train_rows(job_dir)
+    assert [r['step'] for r in got] == list(range(3, stopped + 1, 3))
+    assert out.count('step 3/') == 1
     # one checkpoint at that step, complete: the position and every file's checksum written
     import ml_collections
     from jima_jax.train import checkpoint
-    ckpt_dir = workdir / 'checkpoints'
-    assert sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()) == [stopped_0]
+    ckpt_dir = job_dir / 'checkpoints'
+    assert sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()) == [stopped]
     ck = checkpoint.Checkpointer(ckpt_dir, ml_collections.ConfigDict(dict(
         best_metric='val/loss/report', best_mode='min', keep_checkpoints=3)))
     try:
-        assert ck.find_damage(stopped_0) is None
-        assert (ck.step_dir(stopped_0) / checkpoint.CHECKSUMS).exists()
-        assert ck.read_extra(stopped_0)['position'] == {'epoch': 0, 'step_in_epoch': stopped_0}
+        assert ck.find_damage(stopped) is None
+        assert (ck.step_dir(stopped) / checkpoint.CHECKSUMS).exists()
+        assert ck.read_extra(stopped)['position'] == {'epoch': 0, 'step_in_epoch': stopped}
     finally:
         ck.close()
-    # ... and resumable: one process with the job's 4 devices takes it up and trains on
-    resume = subprocess.run(
-        [sys.executable, '-m', 'jima_jax.main', *flags, '--num_cpu_devices=4',
-         f'--config.train.max_steps={stopped_0 + 3}'], cwd=str(REPO), env=env,
-        capture_output=True, text=True, timeout=300)
-    assert resume.returncode == 0, resume.stderr[-3000:]
-    assert f'resuming from step {stopped_0} (epoch 1, batch {stopped_0})' in resume.stdout
-    steps = [r['step'] for r in _train_rows(workdir)]
-    assert steps == list(range(3, stopped_0 + 4, 3))  # logged once each, on from the stop
+
+    # 2. one process, 4 devices, to the same step: the same losses and parameters
+    single = _one_process(one, env, stopped)
+    assert 'max_steps' in single.stdout
+    ref = _train_rows(one)
+    assert [r['step'] for r in ref] == [r['step'] for r in got]
+    for key in ('loss/entity', 'loss/report'):
+        want, have = np.array([r[key] for r in ref]), np.array([r[key] for r in got])
+        np.testing.assert_allclose(have, want, rtol=1e-5, err_msg=key)
+        assert abs(want[-1] - want[0]) > 100 * 1e-5 * abs(want[0])  # the losses do move
+    flat = [_restore_flat(d / 'checkpoints' / str(stopped) / 'state') for d in (one, job_dir)]
+    assert flat[0].keys() == flat[1].keys()
+    for key in flat[0]:
+        np.testing.assert_allclose(np.asarray(flat[1][key], np.float64),
+                                   np.asarray(flat[0][key], np.float64), rtol=1e-4, atol=1e-6,
+                                   err_msg=str(key))
+
+    # 3. ... and resumable: one process with the job's 4 devices takes it up and trains on
+    resume = _one_process(job_dir, env, stopped + 3)
+    assert f'resuming from step {stopped} (epoch 1, batch {stopped})' in resume.stdout
+    steps = [r['step'] for r in _train_rows(job_dir)]
+    assert steps == list(range(3, stopped + 4, 3))  # logged once each, on from the stop

@@ -20,8 +20,10 @@ def get_config(arg=None):
     # ---------------------------------------------------------------- data (prepare stage)
     c.data = ml_collections.ConfigDict()
     c.data.name = 'phantom'  # phantom | iu_phantom | iu_xray | mimic_cxr
-    c.data.source_dir = ''  # raw data: R2Gen layout (annotation.json + images/); '' = source default
-    c.data.manual_dir = ''  # downloaded archives (OpenI .tgz, MIMIC-CXR-JPG); never fetched in tests
+    # raw data: R2Gen layout (annotation.json + images/); '' = source default
+    c.data.source_dir = ''
+    # downloaded archives (OpenI .tgz, MIMIC-CXR-JPG); never fetched in tests
+    c.data.manual_dir = ''
     c.data.data_dir = ''  # where prepared datasets live; '' = $JIMA_DATA_DIR or ~/.cache/jima_jax
     c.data.reports_only = False  # prepare text-side only (no images available)
     c.data.num_views = 2  # views per study fed to the model (IU X-ray 2, MIMIC-CXR 1)
@@ -31,13 +33,18 @@ def get_config(arg=None):
     # and MIMIC-CXR presets). Training then random-crops input.image_size from it either way.
     c.data.resize = 'square'
     c.data.tokenizer = 'word'  # word (R2Gen vocabulary) | unigram (sentencepiece subwords)
-    c.data.min_count = 3  # word mode: keep training tokens seen at least this often (IU 3, MIMIC 10)
+    # word mode: keep training tokens seen at least this often (IU 3, MIMIC 10)
+    c.data.min_count = 3
     c.data.vocab_size = 0  # unigram mode: target vocabulary size
     c.data.max_len = 60  # report tokens kept (IU 60, MIMIC 100), before bos/eos
     c.data.max_entities = 48  # entity tokens kept per report (the Task-1 target is their multi-hot)
     c.data.entities = 'lexicon'  # lexicon (own clinical lexicon) | annotation ('tokens' field)
     c.data.abnormal_from = 'dataset'  # dataset (IU: MeSH normal) | labeler (No Finding)
     c.data.skip_bad_studies = False  # skip (and count) studies with an empty report / bad image
+    # memory: every image of every split in host RAM, in each process (MIMIC-CXR 256 px: ~18 GB) |
+    # disk: each split's images in one raw file beside the prepared dataset (written at the first
+    # load), each process reading only the rows of its own batches (image memory: those batches)
+    c.data.image_store = 'memory'
     c.data.openi_urls = ml_collections.ConfigDict()  # IU X-ray --download only
     c.data.openi_urls.reports = ''  # '' = the public OpenI NLMCXR_reports.tgz address
     c.data.openi_urls.png = ''  # '' = the public OpenI NLMCXR_png.tgz address
@@ -62,16 +69,20 @@ def get_config(arg=None):
     # ---------------------------------------------------------------- model
     c.model = ml_collections.ConfigDict()
     c.model.backbone = 'resnet101'  # resnet18 | resnet34 | resnet50 | resnet101
-    c.model.pretrained = ''  # torchvision .pth / .safetensors file; '' = random init (never downloaded)
+    # torchvision .pth / .safetensors file; '' = random init (never downloaded)
+    c.model.pretrained = ''
     c.model.in_channels = 3  # 3 = grayscale replicated (ImageNet weights), 1 = grayscale input
     c.model.freeze_bn_stats = False  # use running BatchNorm statistics also in training
-    c.model.conv_impl = 'auto'  # auto | xla | im2col (im2col filter gradients; auto = on CPU)
+    # auto (xla_cpu when JAX computes on the CPU, else portable) | portable (plain lax/einsum) |
+    # xla_cpu (XLA:CPU workarounds, jima_jax/model/xla_cpu.py); same function, other rounding
+    c.model.kernels = 'auto'
     c.model.remat_backbone = False  # recompute backbone activations in the backward pass (memory)
     # False = the R2Gen baseline JIMA builds on (ablation): no f_E, no q, the fusion layer projects
     # the patches alone; one task (the report loss trains f_R with optimizer alpha's settings and
     # fusion + f_T with beta's); curricula rank by k2 only. Everything else stays as configured.
     c.model.entity_fusion = True
-    c.model.entity_head = 'patch_linear'  # patch_linear (paper) | mlp (release: pooled->512->512->V)
+    # patch_linear (paper) | mlp (release: pooled->512->512->V)
+    c.model.entity_head = 'patch_linear'
     c.model.entity_mlp_dim = 512
     c.model.width = 512  # Transformer width
     c.model.num_heads = 8
@@ -153,9 +164,10 @@ def get_config(arg=None):
 
     # ---------------------------------------------------------------- curriculum (spec 5, 6, 8)
     c.curriculum = ml_collections.ConfigDict()
+    # none | jima | jima_release | competence_sqrt | competence_linear | anti
     # jima: hardest first, a ratio per task (paper); jima_release: easiest first, one shared ratio,
     # s = val BLEU-4 (authors' code); competence_*: easy-to-hard baselines; anti: hard-to-easy.
-    c.curriculum.schedule = 'none'  # none | jima | jima_release | competence_sqrt | competence_linear | anti
+    c.curriculum.schedule = 'none'
     # Epochs on everything first; s_0, s_1 are scored in the last two (jima_release: in the two
     # after them, so a warm-up of 10 selects from epoch 12, as the authors' code does).
     c.curriculum.warmup_epochs = 30

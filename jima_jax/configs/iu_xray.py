@@ -1,6 +1,8 @@
-r"""IU X-ray with the paper's hyper-parameters (spec sections 3, 4, 6); ':release' = the authors' code.
+r"""IU X-ray with the paper's hyper-parameters (spec sections 3, 4, 6); ':release' = the authors'
+code.
 
-  python -m jima_jax.main --config configs/iu_xray.py --mode prepare --config.data.source_dir=/data/iu_xray
+  python -m jima_jax.main --config configs/iu_xray.py --mode prepare \
+      --config.data.source_dir=/data/iu_xray
   python -m jima_jax.main --config configs/iu_xray.py --workdir runs/iu_xray \
       --config.data.source_dir=/data/iu_xray --config.model.pretrained=/weights/resnet101.pth
   python -m jima_jax.main --config configs/iu_xray.py:release --workdir runs/iu_xray_release ...

@@ -36,7 +36,8 @@ def annotation_entities(tokens: str | Sequence[str], where: str) -> tuple[str, .
         items = tokens
     else:
         raise ValueError(f"{where}: field 'tokens' must be a string or a list of strings "
-                         f"(got {type(tokens).__name__}); fix the annotation or set data.entities='lexicon'.")
+                         f"(got {type(tokens).__name__}); fix the annotation or set "
+                         "data.entities='lexicon'.")
     seen: dict[str, None] = {}
     for item in items:
         for word in item.lower().split():

@@ -4,9 +4,10 @@ Why our own: clinical-efficacy metrics and the normal/abnormal split need labels
 reports at evaluation time, offline and fast, without Java/NegBio. The rules, in order:
 
 1. Normalise and split into sentences (list numbering, decimals and "XXXX" redactions handled).
-2. Find mentions: direct phrases per observation (`lexicon.OBSERVATION_PHRASES`, minus the look-alike
-   exclusions), structure + qualifier pairs for the heart and mediastinum ("heart size is normal"),
-   and the non-CheXpert findings that only make a study abnormal ("calcified granuloma").
+2. Find mentions: direct phrases per observation (`lexicon.OBSERVATION_PHRASES`, minus the
+   look-alike exclusions), structure + qualifier pairs for the heart and mediastinum ("heart size
+   is normal"), and the non-CheXpert findings that only make a study abnormal ("calcified
+   granuloma").
 3. Give each mention a status from the triggers in its scope (the sentence, cut at scope breaks such
    as "but"/"with"): a hedge that beats negation ("cannot exclude") -> uncertain; negation before
    ("no", "without", "free of") or after ("... is not seen") -> negative; other hedges before
@@ -17,7 +18,8 @@ reports at evaluation time, offline and fast, without Java/NegBio. The rules, in
    rule, which also counts the non-CheXpert findings), blank otherwise.
 
 CLI: python -m jima_jax.data.labeler --input reports.jsonl --output labels.csv
-(JSONL rows with "report" and optionally "id"; CSV: id + the 14 observations as 1/0/-1, blank empty).
+(JSONL rows with "report" and optionally "id"; CSV: id + the 14 observations as 1/0/-1, blank
+empty).
 """
 
 from __future__ import annotations
@@ -38,14 +40,14 @@ from jima_jax.data import lexicon
 from jima_jax.data.types import (LABEL_BLANK, LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_UNCERTAIN,
                                  NUM_OBSERVATIONS, OBSERVATIONS)
 
-OTHER_FINDING = "Other finding"  # pseudo-observation: abnormal but not one of the 14
-_NO_FINDING = OBSERVATIONS.index("No Finding")
-_SUPPORT_DEVICES = OBSERVATIONS.index("Support Devices")
+OTHER_FINDING = 'Other finding'  # pseudo-observation: abnormal but not one of the 14
+_NO_FINDING = OBSERVATIONS.index('No Finding')
+_SUPPORT_DEVICES = OBSERVATIONS.index('Support Devices')
 _POST_WINDOW_WORDS = 10  # how far a structure's qualifier may follow it
 
 
 def _alternation(phrases: Iterable[str]) -> str:
-    return r"\b(?:" + "|".join(f"(?:{p})" for p in phrases) + r")\b"
+    return r'\b(?:' + '|'.join(f'(?:{p})' for p in phrases) + r')\b'
 
 
 def _compile(phrases: Iterable[str]) -> re.Pattern:
@@ -54,7 +56,7 @@ def _compile(phrases: Iterable[str]) -> re.Pattern:
 
 def _after(phrases: Iterable[str], gap: int) -> re.Pattern:
     """Matches phrases that start within `gap` words of the beginning of a text."""
-    return re.compile(r"^\s*(?:\w+\s+){0,%d}?%s" % (gap, _alternation(phrases)))
+    return re.compile(r'^\s*(?:\w+\s+){0,%d}?%s' % (gap, _alternation(phrases)))
 
 
 _PHRASES = {o: _compile(p) for o, p in lexicon.OBSERVATION_PHRASES.items()}
@@ -63,8 +65,8 @@ _EXCLUSIONS = {o: _compile(p) for o, p in lexicon.OBSERVATION_EXCLUSIONS.items()
 _EXCLUSIONS[OTHER_FINDING] = _compile(lexicon.OTHER_FINDING_EXCLUSIONS)
 _STRUCTURES = tuple((_compile([p]), abnormal, normal) for p, abnormal, normal in lexicon.STRUCTURES)
 _ANY_STRUCTURE = _compile(p for p, _, _ in lexicon.STRUCTURES)
-_QUALIFIER = re.compile(r"\b(?:(?P<unc>%s)|(?P<norm>%s)|(?P<abn>%s))\b" % tuple(
-    "|".join(ps) for ps in (lexicon.QUALIFIER_UNCERTAIN, lexicon.QUALIFIER_NORMAL,
+_QUALIFIER = re.compile(r'\b(?:(?P<unc>%s)|(?P<norm>%s)|(?P<abn>%s))\b' % tuple(
+    '|'.join(ps) for ps in (lexicon.QUALIFIER_UNCERTAIN, lexicon.QUALIFIER_NORMAL,
                             lexicon.QUALIFIER_ABNORMAL)))
 _NEG_PRE = _compile(lexicon.NEGATION_PRE)
 _NEG_POST = _after(lexicon.NEGATION_POST, 4)
@@ -73,16 +75,16 @@ _UNC_OVER_NEG_POST = _after(lexicon.UNCERTAIN_OVER_NEGATION, 4)
 _UNC_PRE = _compile(lexicon.UNCERTAIN_PRE)
 _UNC_POST = _after(lexicon.UNCERTAIN_POST, 2)
 _UNC_ADJ_POST = _after(lexicon.UNCERTAIN_ADJACENT, 0)
-_UNC_ADJ_PRE = re.compile(_alternation(lexicon.UNCERTAIN_ADJACENT) + r"\s+(?:\w+\s+){0,2}$")
+_UNC_ADJ_PRE = re.compile(_alternation(lexicon.UNCERTAIN_ADJACENT) + r'\s+(?:\w+\s+){0,2}$')
 _PSEUDO_NEG = _compile(lexicon.PSEUDO_NEGATION)
 _BREAKS = _compile(lexicon.SCOPE_BREAKS)
 
-_SENTENCE_END = re.compile(r"(?<!\d)[.;:!?](?!\d)|\.(?=\s)|\n")
-_LIST_NUMBER = re.compile(r"(?:^|(?<=\s))\d{1,2}[.)](?=\s|$)")
-_SEPARATORS = re.compile(r"[-/]")
-_OTHER_CHARS = re.compile(r"[^a-z0-9., ]+")
-_COMMA = re.compile(r"\s*,\s*")
-_SPACES = re.compile(r"\s+")
+_SENTENCE_END = re.compile(r'(?<!\d)[.;:!?](?!\d)|\.(?=\s)|\n')
+_LIST_NUMBER = re.compile(r'(?:^|(?<=\s))\d{1,2}[.)](?=\s|$)')
+_SEPARATORS = re.compile(r'[-/]')
+_OTHER_CHARS = re.compile(r'[^a-z0-9., ]+')
+_COMMA = re.compile(r'\s*,\s*')
+_SPACES = re.compile(r'\s+')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,13 +103,14 @@ class Mention:
 
 
 def split_sentences(text: str) -> list[str]:
-    """Report -> normalised sentences: lowercase words, numbers and "," separated by single spaces."""
-    text = _LIST_NUMBER.sub(".", text.lower())
+    """Report -> normalised sentences: lowercase words, numbers and "," separated by single
+    spaces."""
+    text = _LIST_NUMBER.sub('.', text.lower())
     out = []
     for sentence in _SENTENCE_END.split(text):
-        sentence = _OTHER_CHARS.sub(" ", _SEPARATORS.sub(" ", sentence))
-        sentence = _COMMA.sub(" , ", sentence.replace(".", " "))
-        sentence = _SPACES.sub(" ", sentence).strip(" ,")
+        sentence = _OTHER_CHARS.sub(' ', _SEPARATORS.sub(' ', sentence))
+        sentence = _COMMA.sub(' , ', sentence.replace('.', ' '))
+        sentence = _SPACES.sub(' ', sentence).strip(' ,')
         if sentence:
             out.append(sentence)
     return out
@@ -162,7 +165,8 @@ def _direct_mentions(sentence: str, scope: _Scope) -> list[Mention]:
         excluded = [(m.start(), m.end()) for m in exclusion.finditer(sentence)] if exclusion else []
         for m in pattern.finditer(sentence):
             if not _overlaps(m.start(), m.end(), excluded):
-                out.append(Mention(obs, scope.status(m.start(), m.end()), sentence, m.start(), m.end()))
+                out.append(Mention(obs, scope.status(m.start(), m.end()), sentence, m.start(),
+                                   m.end()))
     return out
 
 
@@ -170,15 +174,15 @@ def _qualifier_of(sentence: str, scope: _Scope, a: int, b: int) -> Optional[re.M
     """The qualifier governing the structure [a, b): right before it, else the first one after."""
     left, right = scope.bounds(a, b)
     for q in _QUALIFIER.finditer(sentence, left, a):
-        if re.fullmatch(r"\s*(?:of\s+)?(?:the\s+)?", sentence[q.end():a]):
+        if re.fullmatch(r'\s*(?:of\s+)?(?:the\s+)?', sentence[q.end():a]):
             return q
     end = right
     for nxt in _ANY_STRUCTURE.finditer(sentence, b, right):
-        if not re.fullmatch(r"\s*(?:,|and|or)?\s*(?:the\s+)?", sentence[b:nxt.start()]):
+        if not re.fullmatch(r'\s*(?:,|and|or)?\s*(?:the\s+)?', sentence[b:nxt.start()]):
             end = nxt.start()
             break
     tail = sentence[b:end].split()[:_POST_WINDOW_WORDS]
-    return _QUALIFIER.search(sentence, b, b + len(" ".join(tail)) + 1) if tail else None
+    return _QUALIFIER.search(sentence, b, b + len(' '.join(tail)) + 1) if tail else None
 
 
 def _structure_mentions(sentence: str, scope: _Scope) -> list[Mention]:
@@ -188,9 +192,9 @@ def _structure_mentions(sentence: str, scope: _Scope) -> list[Mention]:
             q = _qualifier_of(sentence, scope, m.start(), m.end())
             if q is None:
                 continue
-            if q.group("unc"):
+            if q.group('unc'):
                 label, observations = LABEL_UNCERTAIN, when_abnormal
-            elif q.group("norm"):
+            elif q.group('norm'):
                 label, observations = LABEL_NEGATIVE, when_normal
             elif q.start() >= m.end():  # "the heart may be enlarged": triggers in between count
                 label = scope.status(m.start(), m.end(), between=(m.end(), q.start()))
@@ -225,7 +229,8 @@ def aggregate(mentions: Sequence[Mention]) -> np.ndarray:
         if labels[i] == LABEL_BLANK or rank[m.label] > rank[int(labels[i])]:
             labels[i] = m.label
     found = [i for i in range(NUM_OBSERVATIONS)
-             if i not in (_NO_FINDING, _SUPPORT_DEVICES) and labels[i] in (LABEL_POSITIVE, LABEL_UNCERTAIN)]
+             if i not in (_NO_FINDING, _SUPPORT_DEVICES)
+             and labels[i] in (LABEL_POSITIVE, LABEL_UNCERTAIN)]
     if not found and not other_found:
         labels[_NO_FINDING] = LABEL_POSITIVE
     return labels
@@ -234,7 +239,7 @@ def aggregate(mentions: Sequence[Mention]) -> np.ndarray:
 def label_report(text: str) -> np.ndarray:
     """One report -> int8[14] with the LABEL_* values in OBSERVATIONS order (all blank if empty)."""
     if not isinstance(text, str):
-        raise TypeError(f"label_report expects a str, got {type(text).__name__}.")
+        raise TypeError(f'label_report expects a str, got {type(text).__name__}.')
     if not split_sentences(text):
         return np.full(NUM_OBSERVATIONS, LABEL_BLANK, np.int8)
     return aggregate(find_mentions(text))
@@ -269,18 +274,18 @@ def is_abnormal(text: str, *, devices: bool = True) -> bool:
 # ---------------------------------------------------------------------- CLI
 def _read_jsonl(path: str) -> tuple[list[str], list[str]]:
     ids, reports = [], []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding='utf-8') as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg}).") from e
-            if not isinstance(row, dict) or not isinstance(row.get("report"), str):
+                raise ValueError(f'{path}:{n}: not valid JSON ({e.msg}).') from e
+            if not isinstance(row, dict) or not isinstance(row.get('report'), str):
                 raise ValueError(f"{path}:{n}: expected an object with a string field 'report'.")
-            ids.append(str(row.get("id", n)))
-            reports.append(row["report"])
+            ids.append(str(row.get('id', n)))
+            reports.append(row['report'])
     return ids, reports
 
 
@@ -288,23 +293,24 @@ def write_labels_csv(path: str, ids: Sequence[str], labels: np.ndarray) -> None:
     """CheXpert-style CSV (blank = empty cell), written to a temp file and renamed into place."""
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(("id",) + OBSERVATIONS)
+    writer.writerow(('id',) + OBSERVATIONS)
     for i, row in zip(ids, labels):
-        writer.writerow([i] + ["" if v == LABEL_BLANK else str(int(v)) for v in row])
+        writer.writerow([i] + ['' if v == LABEL_BLANK else str(int(v)) for v in row])
     atomic.write_text(path, buf.getvalue())
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--input", required=True, help="JSONL with a 'report' (and optional 'id') per line")
-    parser.add_argument("--output", required=True, help="CSV to write")
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--input', required=True,
+                        help="JSONL with a 'report' (and optional 'id') per line")
+    parser.add_argument('--output', required=True, help='CSV to write')
     args = parser.parse_args(argv)
     ids, reports = _read_jsonl(args.input)
     labels = label_reports(reports)
     write_labels_csv(args.output, ids, labels)
-    print(f"labelled {len(ids)} reports -> {args.output}", file=sys.stderr)
+    print(f'labelled {len(ids)} reports -> {args.output}', file=sys.stderr)
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     sys.exit(main())

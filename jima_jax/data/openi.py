@@ -19,7 +19,7 @@ import numpy as np
 
 from jima_jax.data.types import NUM_OBSERVATIONS, OBSERVATIONS
 
-_IMAGE_SUFFIX = re.compile(r"-\d+$")
+_IMAGE_SUFFIX = re.compile(r'-\d+$')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,48 +44,50 @@ class OpenIReport:
     @property
     def mesh_normal(self) -> bool:
         """The paper's IU normal label: MeSH major term "normal"."""
-        return "normal" in self.mesh_major
+        return 'normal' in self.mesh_major
 
 
 def study_id_of_image(image_id: str) -> str:
-    return _IMAGE_SUFFIX.sub("", image_id)
+    return _IMAGE_SUFFIX.sub('', image_id)
 
 
 def _text(node: Optional[ElementTree.Element]) -> str:
-    return (node.text or "").strip() if node is not None else ""
+    return (node.text or '').strip() if node is not None else ''
 
 
-def parse_report_xml(data: bytes, file: str = "<bytes>") -> OpenIReport:
+def parse_report_xml(data: bytes, file: str = '<bytes>') -> OpenIReport:
     """One OpenI XML document -> OpenIReport; a clear error naming `file` if it is not one."""
     try:
         root = ElementTree.fromstring(data)
     except ElementTree.ParseError as e:
-        raise ValueError(f"{file}: not valid XML ({e}); re-download NLMCXR_reports.tgz.") from e
-    uid = root.find("uId")
-    if uid is None or not uid.get("id"):
-        raise ValueError(f"{file}: no <uId id=...>; is this an OpenI NLMCXR report?")
-    sections = {node.get("Label", "").upper(): _text(node) for node in root.iter("AbstractText")}
-    mesh = root.find("MeSH")
+        raise ValueError(f'{file}: not valid XML ({e}); re-download NLMCXR_reports.tgz.') from e
+    uid = root.find('uId')
+    if uid is None or not uid.get('id'):
+        raise ValueError(f'{file}: no <uId id=...>; is this an OpenI NLMCXR report?')
+    sections = {node.get('Label', '').upper(): _text(node) for node in root.iter('AbstractText')}
+    mesh = root.find('MeSH')
     return OpenIReport(
-        uid=uid.get("id"), file=file,
-        findings=sections.get("FINDINGS", ""), impression=sections.get("IMPRESSION", ""),
-        indication=sections.get("INDICATION", ""), comparison=sections.get("COMPARISON", ""),
-        mesh_major=tuple(_text(n) for n in mesh.iter("major")) if mesh is not None else (),
-        mesh_automatic=tuple(_text(n) for n in mesh.iter("automatic")) if mesh is not None else (),
-        image_ids=tuple(n.get("id") for n in root.iter("parentImage") if n.get("id")))
+        uid=uid.get('id'), file=file,
+        findings=sections.get('FINDINGS', ''), impression=sections.get('IMPRESSION', ''),
+        indication=sections.get('INDICATION', ''), comparison=sections.get('COMPARISON', ''),
+        mesh_major=tuple(_text(n) for n in mesh.iter('major')) if mesh is not None else (),
+        mesh_automatic=tuple(_text(n) for n in mesh.iter('automatic')) if mesh is not None else (),
+        image_ids=tuple(n.get('id') for n in root.iter('parentImage') if n.get('id')))
 
 
 def read_reports(path: str | os.PathLike) -> Iterator[OpenIReport]:
     """Streams every XML report of NLMCXR_reports.tgz, in archive order, without extracting it."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"OpenI report archive {path} not found (expected NLMCXR_reports.tgz).")
+        raise FileNotFoundError(f'OpenI report archive {path} not found '
+                                '(expected NLMCXR_reports.tgz).')
     try:
-        with tarfile.open(path, "r:*") as archive:
+        with tarfile.open(path, 'r:*') as archive:
             for member in archive:
-                if member.isfile() and member.name.endswith(".xml"):
-                    yield parse_report_xml(archive.extractfile(member).read(), f"{path}:{member.name}")
+                if member.isfile() and member.name.endswith('.xml'):
+                    yield parse_report_xml(archive.extractfile(member).read(),
+                                           f'{path}:{member.name}')
     except tarfile.TarError as e:
-        raise ValueError(f"{path}: not a readable tar archive ({e}); re-download it.") from e
+        raise ValueError(f'{path}: not a readable tar archive ({e}); re-download it.') from e
 
 
 def reports_by_study(path: str | os.PathLike) -> dict[str, OpenIReport]:
@@ -97,43 +99,44 @@ def reports_by_study(path: str | os.PathLike) -> dict[str, OpenIReport]:
 # (heading, regex the qualifiers must match or None, observation). A MeSH major term is
 # "Heading/qualifier/qualifier..."; the mapping is ours, chosen to follow the CheXpert definitions.
 _MESH_RULES: tuple[tuple[str, Optional[str], str], ...] = (
-    ("Cardiomegaly", None, "Cardiomegaly"),
-    ("Cardiac Shadow", r"enlarged", "Cardiomegaly"),
-    ("Mediastinum", r"prominent|enlarged|widened", "Enlarged Cardiomediastinum"),
-    ("Nodule", None, "Lung Lesion"),
-    ("Mass", None, "Lung Lesion"),
-    ("Cavitation", None, "Lung Lesion"),
-    ("Density", r"round", "Lung Lesion"),
-    ("Opacity", r"round", "Lung Lesion"),
-    ("Opacity", r"^(?!.*round)", "Lung Opacity"),
-    ("Airspace Disease", None, "Lung Opacity"),
-    ("Infiltrate", None, "Lung Opacity"),
-    ("Density", r"^(?!.*round).*(lung|retrocardiac)", "Lung Opacity"),
-    ("Cicatrix", r"^(?!pleura)", "Lung Opacity"),
-    ("Markings", r"interstitial", "Lung Opacity"),
-    ("Lung Diseases, Interstitial", None, "Lung Opacity"),
-    ("Pulmonary Fibrosis", None, "Lung Opacity"),
-    ("Pulmonary Edema", None, "Edema"),
-    ("Pulmonary Congestion", None, "Edema"),
-    ("Consolidation", None, "Consolidation"),
-    ("Pneumonia", None, "Pneumonia"),
-    ("Pulmonary Atelectasis", None, "Atelectasis"),
-    ("Pneumothorax", None, "Pneumothorax"),
-    ("Hydropneumothorax", None, "Pneumothorax"),
-    ("Hemopneumothorax", None, "Pneumothorax"),
-    ("Pleural Effusion", None, "Pleural Effusion"),
-    ("Hydropneumothorax", None, "Pleural Effusion"),
-    ("Hemothorax", None, "Pleural Effusion"),
-    ("Thickening", r"pleura", "Pleural Other"),
-    ("Cicatrix", r"pleura", "Pleural Other"),
-    ("Fractures, Bone", None, "Fracture"),
-    ("Catheters, Indwelling", None, "Support Devices"),
-    ("Implanted Medical Device", None, "Support Devices"),
-    ("Tube, Inserted", None, "Support Devices"),
-    ("Medical Device", None, "Support Devices"),
-    ("Stents", None, "Support Devices"),
+    ('Cardiomegaly', None, 'Cardiomegaly'),
+    ('Cardiac Shadow', r'enlarged', 'Cardiomegaly'),
+    ('Mediastinum', r'prominent|enlarged|widened', 'Enlarged Cardiomediastinum'),
+    ('Nodule', None, 'Lung Lesion'),
+    ('Mass', None, 'Lung Lesion'),
+    ('Cavitation', None, 'Lung Lesion'),
+    ('Density', r'round', 'Lung Lesion'),
+    ('Opacity', r'round', 'Lung Lesion'),
+    ('Opacity', r'^(?!.*round)', 'Lung Opacity'),
+    ('Airspace Disease', None, 'Lung Opacity'),
+    ('Infiltrate', None, 'Lung Opacity'),
+    ('Density', r'^(?!.*round).*(lung|retrocardiac)', 'Lung Opacity'),
+    ('Cicatrix', r'^(?!pleura)', 'Lung Opacity'),
+    ('Markings', r'interstitial', 'Lung Opacity'),
+    ('Lung Diseases, Interstitial', None, 'Lung Opacity'),
+    ('Pulmonary Fibrosis', None, 'Lung Opacity'),
+    ('Pulmonary Edema', None, 'Edema'),
+    ('Pulmonary Congestion', None, 'Edema'),
+    ('Consolidation', None, 'Consolidation'),
+    ('Pneumonia', None, 'Pneumonia'),
+    ('Pulmonary Atelectasis', None, 'Atelectasis'),
+    ('Pneumothorax', None, 'Pneumothorax'),
+    ('Hydropneumothorax', None, 'Pneumothorax'),
+    ('Hemopneumothorax', None, 'Pneumothorax'),
+    ('Pleural Effusion', None, 'Pleural Effusion'),
+    ('Hydropneumothorax', None, 'Pleural Effusion'),
+    ('Hemothorax', None, 'Pleural Effusion'),
+    ('Thickening', r'pleura', 'Pleural Other'),
+    ('Cicatrix', r'pleura', 'Pleural Other'),
+    ('Fractures, Bone', None, 'Fracture'),
+    ('Catheters, Indwelling', None, 'Support Devices'),
+    ('Implanted Medical Device', None, 'Support Devices'),
+    ('Tube, Inserted', None, 'Support Devices'),
+    ('Medical Device', None, 'Support Devices'),
+    ('Stents', None, 'Support Devices'),
 )
-_COMPILED_RULES = tuple((h, re.compile(q) if q else None, OBSERVATIONS.index(o)) for h, q, o in _MESH_RULES)
+_COMPILED_RULES = tuple((h, re.compile(q) if q else None, OBSERVATIONS.index(o))
+                        for h, q, o in _MESH_RULES)
 
 # Observations the MeSH terms speak about (No Finding comes from the "normal" tag).
 MESH_COVERED = tuple(sorted({o for _, _, o in _MESH_RULES}, key=OBSERVATIONS.index))
@@ -143,12 +146,12 @@ def mesh_observations(mesh_major: tuple[str, ...]) -> np.ndarray:
     """MeSH major terms -> bool[14]: observation present per our mapping; No Finding = "normal"."""
     present = np.zeros(NUM_OBSERVATIONS, bool)
     for term in mesh_major:
-        heading, _, qualifiers = term.strip().partition("/")
+        heading, _, qualifiers = term.strip().partition('/')
         for rule_heading, rule_qualifiers, index in _COMPILED_RULES:
             if heading.strip().lower() == rule_heading.lower() and (
                     rule_qualifiers is None or rule_qualifiers.search(qualifiers.lower())):
                 present[index] = True
-    present[OBSERVATIONS.index("No Finding")] = "normal" in mesh_major
+    present[OBSERVATIONS.index('No Finding')] = 'normal' in mesh_major
     return present
 
 
@@ -167,13 +170,13 @@ class MeshAgreement:
 
     def table(self) -> str:
         """Markdown table of the per-observation figures."""
-        lines = ["| observation | MeSH positives | TP | FP | FN | precision | recall | F1 |",
-                 "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines = ['| observation | MeSH positives | TP | FP | FN | precision | recall | F1 |',
+                 '|---|---:|---:|---:|---:|---:|---:|---:|']
         for o, m in self.per_observation.items():
             lines.append(f"| {o} | {m['support']} | {m['tp']} | {m['fp']} | {m['fn']} | "
                          f"{m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} |")
-        lines.append(f"| **macro** | | | | | | | **{self.macro_f1:.3f}** |")
-        return "\n".join(lines)
+        lines.append(f'| **macro** | | | | | | | **{self.macro_f1:.3f}** |')
+        return '\n'.join(lines)
 
 
 def mesh_agreement(texts: list[str], meshes: list[tuple[str, ...]], *,
@@ -186,11 +189,12 @@ def mesh_agreement(texts: list[str], meshes: list[tuple[str, ...]], *,
     from jima_jax.data import labeler  # the labeler does not depend on this module
 
     labels = labeler.label_reports(texts)
-    gold = np.stack([mesh_observations(m) for m in meshes]) if meshes else np.zeros((0, NUM_OBSERVATIONS), bool)
+    gold = (np.stack([mesh_observations(m) for m in meshes]) if meshes
+            else np.zeros((0, NUM_OBSERVATIONS), bool))
     found_values = (1, -1) if uncertain_positive else (1,)
-    pred_abnormal = np.array([labeler.abnormal_from_labels(l) for l in labels], bool)
-    gold_abnormal = ~gold[:, OBSERVATIONS.index("No Finding")]
-    indexed = np.array(["No Indexing" not in m for m in meshes], bool)
+    pred_abnormal = np.array([labeler.abnormal_from_labels(row) for row in labels], bool)
+    gold_abnormal = ~gold[:, OBSERVATIONS.index('No Finding')]
+    indexed = np.array(['No Indexing' not in m for m in meshes], bool)
     agree = pred_abnormal == gold_abnormal
     per_obs = {}
     for o in MESH_COVERED:
@@ -205,7 +209,7 @@ def mesh_agreement(texts: list[str], meshes: list[tuple[str, ...]], *,
         normal_accuracy_indexed=float(agree[indexed].mean()) if indexed.any() else 0.0,
         missed_abnormal=int((~pred_abnormal & gold_abnormal).sum()),
         false_abnormal=int((pred_abnormal & ~gold_abnormal).sum()),
-        per_observation=per_obs, macro_f1=float(np.mean([m["f1"] for m in per_obs.values()])))
+        per_observation=per_obs, macro_f1=float(np.mean([m['f1'] for m in per_obs.values()])))
 
 
 def r2gen_studies_with_mesh(annotation: str | os.PathLike, reports: str | os.PathLike, *,
@@ -214,15 +218,15 @@ def r2gen_studies_with_mesh(annotation: str | os.PathLike, reports: str | os.Pat
     import json
 
     by_study = reports_by_study(reports)
-    with open(annotation, encoding="utf-8") as f:
+    with open(annotation, encoding='utf-8') as f:
         data = json.load(f)
     texts, meshes = [], []
-    for split in ("train", "val", "test"):
+    for split in ('train', 'val', 'test'):
         for e in data.get(split, []):
-            r = by_study.get(str(e["id"]))
+            r = by_study.get(str(e['id']))
             if r is None:
                 continue
-            texts.append(e["report"] + (" " + r.impression if with_impression else ""))
+            texts.append(e['report'] + (' ' + r.impression if with_impression else ''))
             meshes.append(r.mesh_major)
     return texts, meshes
 
@@ -231,22 +235,25 @@ def main(argv: Optional[list[str]] = None) -> int:
     """python -m jima_jax.data.openi --annotation annotation.json --reports NLMCXR_reports.tgz"""
     import argparse
 
-    parser = argparse.ArgumentParser(description="Measure the labeler against the OpenI MeSH terms.")
-    parser.add_argument("--annotation", required=True, help="R2Gen IU X-ray annotation.json")
-    parser.add_argument("--reports", required=True, help="NLMCXR_reports.tgz")
+    parser = argparse.ArgumentParser(description='Measure the labeler against the OpenI '
+                                                 'MeSH terms.')
+    parser.add_argument('--annotation', required=True, help='R2Gen IU X-ray annotation.json')
+    parser.add_argument('--reports', required=True, help='NLMCXR_reports.tgz')
     args = parser.parse_args(argv)
     for with_impression in (True, False):
-        texts, meshes = r2gen_studies_with_mesh(args.annotation, args.reports, with_impression=with_impression)
+        texts, meshes = r2gen_studies_with_mesh(args.annotation, args.reports,
+                                                with_impression=with_impression)
         for uncertain_positive in (True, False):
             a = mesh_agreement(texts, meshes, uncertain_positive=uncertain_positive)
             print(f"\n## text = findings{' + impression' if with_impression else ''}, "
-                  f"uncertain counted as {'positive' if uncertain_positive else 'negative'} ({a.n} studies)\n")
+                  f"uncertain counted as {'positive' if uncertain_positive else 'negative'} "
+                  f"({a.n} studies)\n")
             print(f"normal/abnormal agreement {a.normal_accuracy:.4f} (without 'No Indexing': "
-                  f"{a.normal_accuracy_indexed:.4f}); labeler-normal but MeSH-abnormal {a.missed_abnormal}, "
-                  f"labeler-abnormal but MeSH-normal {a.false_abnormal}\n")
+                  f"{a.normal_accuracy_indexed:.4f}); labeler-normal but MeSH-abnormal "
+                  f"{a.missed_abnormal}, labeler-abnormal but MeSH-normal {a.false_abnormal}\n")
             print(a.table())
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     raise SystemExit(main())

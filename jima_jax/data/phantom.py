@@ -336,8 +336,10 @@ class _Canvas:
         x0, x1, y0, y1 = box
         (a, b), (c, d) = self.m_inv
         half = self.size / 2.0
-        cols = [(a * x + b * y + self.shift[0] + 1.0) * half - 0.5 for x in (x0, x1) for y in (y0, y1)]
-        rows = [(c * x + d * y + self.shift[1] + 1.0) * half - 0.5 for x in (x0, x1) for y in (y0, y1)]
+        cols = [(a * x + b * y + self.shift[0] + 1.0) * half - 0.5
+                for x in (x0, x1) for y in (y0, y1)]
+        rows = [(c * x + d * y + self.shift[1] + 1.0) * half - 0.5
+                for x in (x0, x1) for y in (y0, y1)]
         c0, r0 = max(math.floor(min(cols)) - 1, 0), max(math.floor(min(rows)) - 1, 0)
         c1 = min(math.ceil(max(cols)) + 2, self.size)
         r1 = min(math.ceil(max(rows)) + 2, self.size)
@@ -768,8 +770,9 @@ def _lateral(c: _Canvas, p: Patient, f: Findings, place: Callable[[str], np.rand
     gy = 0.68 + 0.05 * p.inspiration
     c.add((-0.36, -0.12, gy - 0.06, gy + 0.06),
           lambda zs, ys: -0.1 * _ellipse(zs, ys, -0.24, gy, 0.11, 0.05, 0.5))
-    c.add((0.44, 0.7, -1.0, 1.0), lambda zs, ys: _clip01(np.minimum(zs - 0.46, 0.68 - zs) / 0.02) * (
-        0.03 + 0.03 * _clip01((np.cos(2 * np.pi * ys / 0.11) + 0.7) / 0.5)))
+    c.add((0.44, 0.7, -1.0, 1.0),
+          lambda zs, ys: _clip01(np.minimum(zs - 0.46, 0.68 - zs) / 0.02) * (
+              0.03 + 0.03 * _clip01((np.cos(2 * np.pi * ys / 0.11) + 0.7) / 0.5)))
     if f.get('Cardiomegaly') is not None:
         c.win(_tilted_box(heart), 'Cardiomegaly')
     if ecm is not None:
@@ -882,7 +885,8 @@ def _contact_examples() -> list[tuple[str, Findings]]:
         ('pneumonia', Findings((F('Pneumonia', side='right', zone='lower', severity='severe'),))),
         ('consolidation', Findings((F('Consolidation', side='left', zone='upper',
                                       severity='moderate'),))),
-        ('edema', Findings((F('Edema', severity='severe'), F('Cardiomegaly', severity='moderate')))),
+        ('edema', Findings((F('Edema', severity='severe'),
+                            F('Cardiomegaly', severity='moderate')))),
         ('lung mass', Findings((F('Lung Lesion', side='left', zone='upper', kind='mass',
                                   severity='moderate'),))),
         ('atelectasis', Findings((F('Atelectasis', side='bilateral', zone='lower',

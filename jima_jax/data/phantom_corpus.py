@@ -199,7 +199,8 @@ _TEMPLATES = {
                          (1, '{adj} {side} {effusion}')],
     'Pleural Other': [(3, '{adj} {side} apical pleural thickening'),
                       (1, '{adj} pleural thickening at the {apex}')],
-    'Fracture': [(3, '{age} {side} {ord} rib fracture'), (2, '{age} fracture of the {side} {ord} rib'),
+    'Fracture': [(3, '{age} {side} {ord} rib fracture'),
+                 (2, '{age} fracture of the {side} {ord} rib'),
                  (1, 'there is {a_age} fracture of the {side} {ord} rib')],
     'calcified granuloma': [(4, 'calcified granuloma in the {loc}'),
                             (2, '{loca} calcified granuloma'),
@@ -261,8 +262,10 @@ _NORMAL = {
               (1, 'the cardiac silhouette is normal in size'), (1, 'the heart is not enlarged'),
               (0.5, 'heart size is unremarkable'),
               (0.5, 'the cardiac silhouette is within normal limits')],
-    'mediastinum': [(4, 'the mediastinum is unremarkable'), (2, 'the mediastinal contour is normal'),
-                    (1, 'normal mediastinal contour'), (1, 'the mediastinum is within normal limits'),
+    'mediastinum': [(4, 'the mediastinum is unremarkable'),
+                    (2, 'the mediastinal contour is normal'),
+                    (1, 'normal mediastinal contour'),
+                    (1, 'the mediastinum is within normal limits'),
                     (0.5, 'mediastinal contours are unremarkable')],
     'both': [(4, 'the cardiomediastinal silhouette is normal'),
              (3, 'the cardiomediastinal silhouette is within normal limits'),
@@ -321,7 +324,8 @@ def finding_sentence(f: Finding, rng: np.random.Generator) -> str:
     """One sentence stating finding `f` with all its attributes (all must be stated)."""
     missing = [a for a in phantom.ATTRIBUTES[f.name] if getattr(f, a) in ('', 0)]
     if missing:
-        raise ValueError(f'finding_sentence needs every attribute of {f.name!r}; {missing} unstated.')
+        raise ValueError(f'finding_sentence needs every attribute of {f.name!r}; '
+                         f'{missing} unstated.')
     if f.name == 'Lung Lesion':
         template = _choose(rng, _LESION[f.kind])[1]
     elif f.name == 'Support Devices':
@@ -340,7 +344,8 @@ def finding_sentence(f: Finding, rng: np.random.Generator) -> str:
         side=f.side, ord=_ORDINALS.get(f.rib, ('', ''))[int(rng.integers(2))],
         age=age, a_age=f'{"a" if age == "healed" else "an"} {age}', mm=size, cm=size // 10,
         effusion='effusions' if f.side == 'bilateral' else 'effusion',
-        apex={'right': 'right apex', 'left': 'left apex', 'bilateral': 'lung apices'}.get(f.side, ''))
+        apex={'right': 'right apex', 'left': 'left apex',
+              'bilateral': 'lung apices'}.get(f.side, ''))
     if f.name == 'Pleural Other' and f.side == 'bilateral':
         template = template.replace('{side} apical', 'biapical')
     if f.name == 'Pleural Effusion' and f.side == 'bilateral':

@@ -1,5 +1,9 @@
 """tf.data input pipeline: prepared host arrays -> augmented, batched numpy dicts.
 
+Images come from the split's array (data.image_store='memory': one TF constant) or, with the disk
+store, from its `DiskImages` file, read a batch at a time inside the map (`tf.numpy_function`);
+every other step is the same, so both stores give bit-identical batches.
+
 Training draws two streams (Task 1's batch A, Task 2's batch B) from index sets that the
 curriculum keeps (everything without a curriculum). Each stream's order is a pure function of
 (seed, stream, epoch, kept set), and augmentation uses stateless random ops seeded by
@@ -73,13 +77,17 @@ def steps_per_epoch(streams: list[StreamSpec], batch_size: int, override: int = 
 
 
 class SplitPipeline:
-    """Builds tf.data pipelines over one `PreparedSplit` held in memory."""
+    """Builds tf.data pipelines over one `PreparedSplit` (images in memory or on disk)."""
 
     def __init__(self, split: PreparedSplit, icfg, *, seed: int, process_index: int = 0,
                  process_count: int = 1):
         if split.images is None:
             raise ValueError('this split was prepared reports-only (data.reports_only=True); '
                              'training and evaluation need images. Prepare it with images.')
+        self._on_disk = not isinstance(split.images, np.ndarray)
+        if self._on_disk and not callable(getattr(split.images, 'gather', None)):
+            raise TypeError(f'PreparedSplit.images is a {type(split.images).__name__}: expected a '
+                            'numpy array or a DiskImages (jima_jax.data.image_store).')
         self.split = split
         self.icfg = icfg
         self.seed = seed
@@ -93,7 +101,8 @@ class SplitPipeline:
         if self._tensors is None:
             s = self.split
             self._tensors = dict(
-                images=tf.constant(s.images), tokens=tf.constant(self._tokens),
+                images=None if self._on_disk else tf.constant(s.images),
+                tokens=tf.constant(self._tokens),
                 entities=tf.constant(s.entities.astype(np.int32)),
                 abnormal=tf.constant(s.abnormal.astype(np.int32)))
         return self._tensors
@@ -124,8 +133,15 @@ class SplitPipeline:
                 img = tf.image.stateless_random_flip_left_right(img, seed=seed + 1)
             return img[..., 0]
 
+        def gather_images(idx):
+            if not self._on_disk:
+                return tf.gather(c['images'], idx)  # [B, V, S, S]
+            images = tf.numpy_function(self.split.images.gather, [idx], tf.uint8)
+            images.set_shape(idx.shape.concatenate(self.split.images.shape[1:]))
+            return images
+
         def load(idx, mask):
-            images = tf.gather(c['images'], idx)  # [B, V, S, S]
+            images = gather_images(idx)
             if crop or flip or stored != size:
                 b, v = tf.shape(images)[0], tf.shape(images)[1]
                 flat = tf.reshape(images, (-1, stored, stored))
@@ -162,7 +178,8 @@ class SplitPipeline:
     def eval_batches(self, indices: Optional[np.ndarray] = None) -> Iterator[dict]:
         """Every example once, in order; the last batch padded (mask 0) to full size."""
         b = int(self.icfg.eval_batch_size)
-        idx = np.arange(len(self.split), dtype=np.int32) if indices is None else np.asarray(indices, np.int32)
+        idx = (np.arange(len(self.split), dtype=np.int32) if indices is None
+               else np.asarray(indices, np.int32))
         n = len(idx)
         if n == 0:
             return iter(())

@@ -30,15 +30,16 @@ from jima_jax.data.types import (BOS_ID, EOS_ID, LABEL_BLANK, LABEL_NEGATIVE, LA
 TABLES_VERSION = 1
 # Column order of `label_counts`.
 LABEL_VALUES = (LABEL_POSITIVE, LABEL_NEGATIVE, LABEL_UNCERTAIN, LABEL_BLANK)
-_REBUILD = ("Rebuild the prepared dataset: delete its directory and re-run "
-            "`python -m jima_jax.main --mode prepare --config ...`.")
+_REBUILD = ('Rebuild the prepared dataset: delete its directory and re-run '
+            '`python -m jima_jax.main --mode prepare --config ...`.')
 
 
 def _normalise_to_token_mean(weights: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Scales weights so the mean over all training token occurrences is 1."""
     total = counts.sum()
     if total == 0:
-        raise ValueError("Frequency tables hold no training tokens; cannot normalise token weights.")
+        raise ValueError('Frequency tables hold no training tokens; cannot normalise token '
+                         'weights.')
     return weights / (np.dot(counts, weights) / total)
 
 
@@ -53,12 +54,12 @@ class FrequencyTables:
     label_counts: np.ndarray  # int64[14, 4]: studies per observation and LABEL_VALUES column
 
     def __post_init__(self):
-        for name in ("token_counts", "entity_counts"):
+        for name in ('token_counts', 'entity_counts'):
             if getattr(self, name).shape != (self.vocab_size,):
-                raise ValueError(f"FrequencyTables.{name} has shape {getattr(self, name).shape}, "
-                                 f"expected ({self.vocab_size},).")
+                raise ValueError(f'FrequencyTables.{name} has shape {getattr(self, name).shape}, '
+                                 f'expected ({self.vocab_size},).')
         if self.label_counts.shape != (NUM_OBSERVATIONS, len(LABEL_VALUES)):
-            raise ValueError(f"FrequencyTables.label_counts has shape {self.label_counts.shape}.")
+            raise ValueError(f'FrequencyTables.label_counts has shape {self.label_counts.shape}.')
 
     # ------------------------------------------------------------------ derived views
     @property
@@ -82,7 +83,7 @@ class FrequencyTables:
     def frequent_mask(self, fraction: float) -> np.ndarray:
         """bool[V]: the top round(fraction * ranked vocabulary size) ids by training count."""
         if not 0.0 < fraction <= 1.0:
-            raise ValueError(f"frequent_mask fraction must be in (0, 1], got {fraction}.")
+            raise ValueError(f'frequent_mask fraction must be in (0, 1], got {fraction}.')
         ranked = self.ranking()
         mask = np.zeros(self.vocab_size, bool)
         mask[ranked[:int(round(fraction * len(ranked)))]] = True
@@ -96,44 +97,47 @@ class FrequencyTables:
         return groups
 
     # ------------------------------------------------------------------ loss weights
-    def token_loss_weights(self, scheme: str = "none", alpha: float = 0.5,
+    def token_loss_weights(self, scheme: str = 'none', alpha: float = 0.5,
                            beta: float = 0.999) -> np.ndarray:
-        """float32[V] weights for L2, mean 1 over training token occurrences; unseen ids get the max.
+        """float32[V] weights for L2, mean 1 over training token occurrences; unseen ids get
+        the max.
 
         inverse_power: count^-alpha. effective_number: (1 - beta) / (1 - beta^count).
         """
-        if scheme == "none":
+        if scheme == 'none':
             return np.ones(self.vocab_size, np.float32)
         counts = self.token_counts.astype(np.float64)
         seen = counts > 0
         if not seen.any():
-            raise ValueError("No training tokens counted; cannot build token weights.")
+            raise ValueError('No training tokens counted; cannot build token weights.')
         w = np.zeros(self.vocab_size)
-        if scheme == "inverse_power":
+        if scheme == 'inverse_power':
             w[seen] = counts[seen] ** -alpha
-        elif scheme == "effective_number":
+        elif scheme == 'effective_number':
             if not 0.0 <= beta < 1.0:
-                raise ValueError(f"effective_number needs 0 <= beta < 1 (config loss.token_beta), got {beta}.")
+                raise ValueError('effective_number needs 0 <= beta < 1 (config loss.token_beta), '
+                                 f'got {beta}.')
             w[seen] = (1.0 - beta) / (1.0 - beta ** counts[seen])
         else:
-            raise ValueError(f"Unknown token weighting {scheme!r}; use none | inverse_power | "
-                             "effective_number (config loss.token_weighting).")
+            raise ValueError(f'Unknown token weighting {scheme!r}; use none | inverse_power | '
+                             'effective_number (config loss.token_weighting).')
         w = _normalise_to_token_mean(w, counts)
         w[~seen] = w[seen].max()
         return w.astype(np.float32)
 
-    def example_loss_weight(self, abnormal: np.ndarray, scheme: str = "none",
+    def example_loss_weight(self, abnormal: np.ndarray, scheme: str = 'none',
                             strength: float = 1.0) -> np.ndarray:
         """float32[N] per-example weights; inverse_prevalence: (1 / share of the class)^strength,
-        scaled so the training-set mean is 1. A class absent from training gets weight 1 before scaling."""
+        scaled so the training-set mean is 1. A class absent from training gets weight 1 before
+        scaling."""
         abnormal = np.asarray(abnormal).astype(bool)
-        if scheme == "none":
+        if scheme == 'none':
             return np.ones(abnormal.shape, np.float32)
-        if scheme != "inverse_prevalence":
-            raise ValueError(f"Unknown example weighting {scheme!r}; use none | inverse_prevalence "
-                             "(config loss.example_weighting).")
+        if scheme != 'inverse_prevalence':
+            raise ValueError(f'Unknown example weighting {scheme!r}; use none | inverse_prevalence '
+                             '(config loss.example_weighting).')
         if self.num_examples == 0:
-            raise ValueError("Frequency tables hold no training examples.")
+            raise ValueError('Frequency tables hold no training examples.')
         p_abn = self.abnormal_count / self.num_examples
         shares = np.array([1.0 - p_abn, p_abn])
         w = np.ones(2)
@@ -142,14 +146,14 @@ class FrequencyTables:
         w = w / np.dot(shares, w)
         return w[abnormal.astype(np.int64)].astype(np.float32)
 
-    def entity_pos_weights(self, scheme: str = "none", max_weight: float = 50.0) -> np.ndarray:
+    def entity_pos_weights(self, scheme: str = 'none', max_weight: float = 50.0) -> np.ndarray:
         """float32[V] BCE positive weights: negatives / positives per id, capped at max_weight
         (ids never an entity get max_weight)."""
-        if scheme == "none":
+        if scheme == 'none':
             return np.ones(self.vocab_size, np.float32)
-        if scheme != "inverse_frequency":
-            raise ValueError(f"Unknown entity weighting {scheme!r}; use none | inverse_frequency "
-                             "(config loss.entity_pos_weighting).")
+        if scheme != 'inverse_frequency':
+            raise ValueError(f'Unknown entity weighting {scheme!r}; use none | inverse_frequency '
+                             '(config loss.entity_pos_weighting).')
         pos = self.entity_counts.astype(np.float64)
         neg = self.num_examples - pos
         w = np.full(self.vocab_size, float(max_weight))
@@ -167,62 +171,70 @@ class FrequencyTables:
         rare = sorted(positives.items(), key=lambda kv: (kv[1], kv[0]))[:4]
         entity_ids = int((self.entity_counts > 0).sum())
         lines = [
-            f"training studies        {self.num_examples}",
-            f"vocabulary size         {self.vocab_size} (tokenizer {self.tokenizer_fingerprint[:12]})",
-            f"training tokens         {total} (EOS counted once per report)",
-            f"top 1/8 of vocabulary   {int(top8.sum())} ids cover {share:.1%} of token occurrences",
-            f"normal share            {normal:.1%} ({self.num_examples - self.abnormal_count} normal / "
-            f"{self.abnormal_count} abnormal)",
-            f"entity vocabulary       {entity_ids} ids, "
-            f"{self.entity_counts.sum() / max(self.num_examples, 1):.1f} entities per study",
-            "rarest observations     " + ", ".join(f"{o} {n}" for o, n in rare),
+            f'training studies        {self.num_examples}',
+            f'vocabulary size         {self.vocab_size} '
+            f'(tokenizer {self.tokenizer_fingerprint[:12]})',
+            f'training tokens         {total} (EOS counted once per report)',
+            f'top 1/8 of vocabulary   {int(top8.sum())} ids cover {share:.1%} of token occurrences',
+            f'normal share            {normal:.1%} '
+            f'({self.num_examples - self.abnormal_count} normal / '
+            f'{self.abnormal_count} abnormal)',
+            f'entity vocabulary       {entity_ids} ids, '
+            f'{self.entity_counts.sum() / max(self.num_examples, 1):.1f} entities per study',
+            'rarest observations     ' + ', '.join(f'{o} {n}' for o, n in rare),
         ]
-        return "\n".join(lines)
+        return '\n'.join(lines)
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> None:
         """Writes `<path>.npz` then `<path>.json` (the JSON names the npz and its hash)."""
-        stem = pathlib.Path(path).with_suffix("")
+        stem = pathlib.Path(path).with_suffix('')
         stem.parent.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         np.savez(buf, token_counts=self.token_counts, entity_counts=self.entity_counts,
                  label_counts=self.label_counts)
-        atomic.write_bytes(stem.with_suffix(".npz"), buf.getvalue())
+        atomic.write_bytes(stem.with_suffix('.npz'), buf.getvalue())
         meta = dict(version=TABLES_VERSION, vocab_size=self.vocab_size,
                     tokenizer_fingerprint=self.tokenizer_fingerprint,
                     num_examples=self.num_examples, abnormal_count=self.abnormal_count,
                     label_values=list(LABEL_VALUES), observations=list(OBSERVATIONS),
-                    arrays=stem.with_suffix(".npz").name, content_hash=self.content_hash)
-        atomic.write_bytes(stem.with_suffix(".json"), json.dumps(meta, indent=1).encode())
+                    arrays=stem.with_suffix('.npz').name, content_hash=self.content_hash)
+        atomic.write_bytes(stem.with_suffix('.json'), json.dumps(meta, indent=1).encode())
 
     @classmethod
-    def load(cls, path: str | os.PathLike, tokenizer_fingerprint: str | None = None) -> "FrequencyTables":
-        """Reads a saved pair; checks version, content hash and (if given) the tokenizer fingerprint."""
-        stem = pathlib.Path(path).with_suffix("")
-        meta_path = stem.with_suffix(".json")
+    def load(cls, path: str | os.PathLike,
+             tokenizer_fingerprint: str | None = None) -> "FrequencyTables":
+        """Reads a saved pair; checks version, content hash and (if given) the tokenizer
+        fingerprint."""
+        stem = pathlib.Path(path).with_suffix('')
+        meta_path = stem.with_suffix('.json')
         if not meta_path.is_file():
-            raise FileNotFoundError(f"Frequency tables {meta_path} not found. {_REBUILD}")
+            raise FileNotFoundError(f'Frequency tables {meta_path} not found. {_REBUILD}')
         meta = json.loads(meta_path.read_text())
-        if meta.get("version") != TABLES_VERSION:
-            raise ValueError(f"{meta_path}: tables version {meta.get('version')} != {TABLES_VERSION}. {_REBUILD}")
-        with np.load(stem.parent / meta["arrays"]) as arrays:
-            tables = cls(vocab_size=int(meta["vocab_size"]),
-                         tokenizer_fingerprint=str(meta["tokenizer_fingerprint"]),
-                         num_examples=int(meta["num_examples"]),
-                         abnormal_count=int(meta["abnormal_count"]),
-                         token_counts=arrays["token_counts"].astype(np.int64),
-                         entity_counts=arrays["entity_counts"].astype(np.int64),
-                         label_counts=arrays["label_counts"].astype(np.int64))
-        if tables.content_hash != meta["content_hash"]:
-            raise ValueError(f"{meta_path}: content hash mismatch (the .npz was changed or is "
-                             f"corrupt). {_REBUILD}")
-        if tokenizer_fingerprint is not None and tokenizer_fingerprint != tables.tokenizer_fingerprint:
-            raise ValueError(f"{meta_path}: built for tokenizer {tables.tokenizer_fingerprint[:12]}, "
-                             f"but the tokenizer in use is {tokenizer_fingerprint[:12]}. {_REBUILD}")
+        if meta.get('version') != TABLES_VERSION:
+            raise ValueError(f"{meta_path}: tables version {meta.get('version')} != "
+                             f'{TABLES_VERSION}. {_REBUILD}')
+        with np.load(stem.parent / meta['arrays']) as arrays:
+            tables = cls(vocab_size=int(meta['vocab_size']),
+                         tokenizer_fingerprint=str(meta['tokenizer_fingerprint']),
+                         num_examples=int(meta['num_examples']),
+                         abnormal_count=int(meta['abnormal_count']),
+                         token_counts=arrays['token_counts'].astype(np.int64),
+                         entity_counts=arrays['entity_counts'].astype(np.int64),
+                         label_counts=arrays['label_counts'].astype(np.int64))
+        if tables.content_hash != meta['content_hash']:
+            raise ValueError(f'{meta_path}: content hash mismatch (the .npz was changed or is '
+                             f'corrupt). {_REBUILD}')
+        if (tokenizer_fingerprint is not None
+                and tokenizer_fingerprint != tables.tokenizer_fingerprint):
+            raise ValueError(f'{meta_path}: built for tokenizer '
+                             f'{tables.tokenizer_fingerprint[:12]}, but the tokenizer in use is '
+                             f'{tokenizer_fingerprint[:12]}. {_REBUILD}')
         return tables
 
 
-def compute_tables(split: PreparedSplit, vocab_size: int, tokenizer_fingerprint: str) -> FrequencyTables:
+def compute_tables(split: PreparedSplit, vocab_size: int,
+                   tokenizer_fingerprint: str) -> FrequencyTables:
     """Counts over a (training) split: targets = tokens[:length] + one EOS per report."""
     n = len(split)
     token_counts = np.zeros(vocab_size, np.int64)
@@ -230,13 +242,14 @@ def compute_tables(split: PreparedSplit, vocab_size: int, tokenizer_fingerprint:
     for i in range(n):
         ids = split.tokens[i, :int(split.lengths[i])]
         if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
-            raise ValueError(f"Study {split.ids[i]}: token id outside [0, {vocab_size}).")
+            raise ValueError(f'Study {split.ids[i]}: token id outside [0, {vocab_size}).')
         token_counts += np.bincount(ids, minlength=vocab_size)
         ents = np.unique(split.entities[i][split.entities[i] >= 0])
         entity_counts[ents] += 1
     token_counts[EOS_ID] += n
     label_counts = np.stack([(split.labels == v).sum(axis=0) for v in LABEL_VALUES], axis=1)
     return FrequencyTables(vocab_size=int(vocab_size), tokenizer_fingerprint=tokenizer_fingerprint,
-                           num_examples=n, abnormal_count=int(np.asarray(split.abnormal).astype(bool).sum()),
+                           num_examples=n,
+                           abnormal_count=int(np.asarray(split.abnormal).astype(bool).sum()),
                            token_counts=token_counts, entity_counts=entity_counts,
                            label_counts=label_counts.astype(np.int64))

@@ -24,20 +24,20 @@ NUM_SPECIAL_TOKENS = 4
 
 # The 14 CheXpert observations, in the order used by every label array of the package.
 OBSERVATIONS = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Lesion",
-    "Lung Opacity",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
+    'No Finding',
+    'Enlarged Cardiomediastinum',
+    'Cardiomegaly',
+    'Lung Lesion',
+    'Lung Opacity',
+    'Edema',
+    'Consolidation',
+    'Pneumonia',
+    'Atelectasis',
+    'Pneumothorax',
+    'Pleural Effusion',
+    'Pleural Other',
+    'Fracture',
+    'Support Devices',
 )
 NUM_OBSERVATIONS = len(OBSERVATIONS)
 
@@ -47,7 +47,7 @@ LABEL_NEGATIVE = 0
 LABEL_UNCERTAIN = -1
 LABEL_BLANK = -2  # not mentioned
 
-SPLITS = ("train", "val", "test")
+SPLITS = ('train', 'val', 'test')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,15 +69,17 @@ class RawStudy:
 
 @dataclasses.dataclass
 class PreparedSplit:
-    """One split held in host memory, in the form the input pipeline consumes.
+    """One split held in host memory, in the form the input pipeline consumes (the images
+    too, unless data.image_store='disk': then `images` is a `image_store.DiskImages`, an
+    array-like that reads the rows asked for from disk).
 
     Arrays are indexed by example position `i` in [0, N); `ids[i]` is the study id. Curriculum
     state and data positions refer to these positions.
     """
 
     ids: np.ndarray  # [N] str
-    reports: np.ndarray  # [N] str, cleaned reference text
-    images: Optional[np.ndarray]  # [N, V, H, W] uint8 grayscale; None in reports-only mode
+    reports: np.ndarray  # [N] object (Python str), cleaned reference text
+    images: Optional[Any]  # [N, V, H, W] uint8 np.ndarray or DiskImages; None in reports-only mode
     tokens: np.ndarray  # [N, max_len] int32 report ids without bos/eos, PAD_ID padded, truncated
     lengths: np.ndarray  # [N] int32 number of report ids before padding (<= max_len)
     entities: np.ndarray  # [N, E] int32 vocabulary ids of the report's entity tokens, -1 padded
@@ -93,20 +95,26 @@ class PreparedSplit:
 
     def __post_init__(self):
         n = len(self.ids)
-        for name in ("reports", "tokens", "lengths", "entities", "abnormal", "labels"):
+        for name in ('reports', 'tokens', 'lengths', 'entities', 'abnormal', 'labels'):
             got = getattr(self, name).shape[0]
             if got != n:
-                raise ValueError(f"PreparedSplit.{name} has {got} rows but ids has {n}.")
-        for name in ("images", "truth_labels"):
+                raise ValueError(f'PreparedSplit.{name} has {got} rows but ids has {n}.')
+        for name in ('images', 'truth_labels'):
             value = getattr(self, name)
             if value is not None and value.shape[0] != n:
-                raise ValueError(f"PreparedSplit.{name} has {value.shape[0]} rows but ids has {n}.")
+                raise ValueError(f'PreparedSplit.{name} has {value.shape[0]} rows but ids has {n}.')
 
     def subset(self, index: np.ndarray) -> "PreparedSplit":
-        """Rows `index` as a new split (used for eval subsets and tests)."""
-        return PreparedSplit(
-            **{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[index])
-               for f in dataclasses.fields(self)})
+        """Rows `index` as a new split (used for eval subsets and tests); disk images stay on
+        disk (`DiskImages.subset`)."""
+        def rows(value):
+            if value is None:
+                return None
+            if not isinstance(value, np.ndarray) and hasattr(value, 'subset'):
+                return value.subset(index)
+            return value[index]
+        return PreparedSplit(**{f.name: rows(getattr(self, f.name))
+                                for f in dataclasses.fields(self)})
 
 
 @dataclasses.dataclass

@@ -18,21 +18,21 @@ import numpy as np
 
 from jima_jax.data import types
 
-AVERAGINGS = ("micro", "macro", "example")
-UNCERTAIN_AS = {"u0": 0, "u1": 1}
-VARIANTS = tuple(f"{a}_{u}" for a in AVERAGINGS for u in UNCERTAIN_AS)
+AVERAGINGS = ('micro', 'macro', 'example')
+UNCERTAIN_AS = {'u0': 0, 'u1': 1}
+VARIANTS = tuple(f'{a}_{u}' for a in AVERAGINGS for u in UNCERTAIN_AS)
 _VALID = (types.LABEL_POSITIVE, types.LABEL_NEGATIVE, types.LABEL_UNCERTAIN, types.LABEL_BLANK)
 
 
 def _check(labels: np.ndarray, name: str) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.ndim != 2 or labels.shape[1] != types.NUM_OBSERVATIONS or labels.shape[0] == 0:
-        raise ValueError(f"{name} must have shape [N>0, {types.NUM_OBSERVATIONS}] "
-                         f"(one column per types.OBSERVATIONS); got {labels.shape}.")
+        raise ValueError(f'{name} must have shape [N>0, {types.NUM_OBSERVATIONS}] '
+                         f'(one column per types.OBSERVATIONS); got {labels.shape}.')
     bad = np.setdiff1d(np.unique(labels), _VALID)
     if bad.size:
-        raise ValueError(f"{name} holds values {bad.tolist()}; expected the LABEL_* values "
-                         f"{list(_VALID)} of jima_jax.data.types.")
+        raise ValueError(f'{name} holds values {bad.tolist()}; expected the LABEL_* values '
+                         f'{list(_VALID)} of jima_jax.data.types.')
     return labels
 
 
@@ -61,22 +61,22 @@ def ce_metrics(ref_labels: np.ndarray, pred_labels: np.ndarray) -> dict[str, flo
     studies, then the plain mean over all 14 observations (F1 = mean of per-observation F1s).
     example: per study over its observations, then the mean over studies.
     """
-    ref = _check(ref_labels, "ref_labels")
-    pred = _check(pred_labels, "pred_labels")
+    ref = _check(ref_labels, 'ref_labels')
+    pred = _check(pred_labels, 'pred_labels')
     if ref.shape != pred.shape:
-        raise ValueError(f"ref_labels {ref.shape} and pred_labels {pred.shape} differ in shape.")
+        raise ValueError(f'ref_labels {ref.shape} and pred_labels {pred.shape} differ in shape.')
     out: dict[str, float] = {}
     for u_name, u_value in UNCERTAIN_AS.items():
         y, yhat = positives(ref, u_value), positives(pred, u_value)
         tp = (y & yhat).astype(np.int64)
         for averaging in AVERAGINGS:
-            if averaging == "micro":
+            if averaging == 'micro':
                 p, r, f = _prf(tp.sum(), yhat.sum(), y.sum())
             else:
-                axis = 0 if averaging == "macro" else 1
+                axis = 0 if averaging == 'macro' else 1
                 p, r, f = (v.mean() for v in _prf(tp.sum(axis), yhat.sum(axis), y.sum(axis)))
-            for measure, value in zip(("precision", "recall", "f1"), (p, r, f)):
-                out[f"ce/{averaging}_{u_name}/{measure}"] = float(value)
+            for measure, value in zip(('precision', 'recall', 'f1'), (p, r, f)):
+                out[f'ce/{averaging}_{u_name}/{measure}'] = float(value)
     return out
 
 
@@ -86,8 +86,8 @@ def label_and_score(references: Mapping[str, str], predictions: Mapping[str, str
     """Labels both sides with the same labeler (default: the package's rule-based
     `jima_jax.data.labeler.label_reports`) and returns `ce_metrics` over the common ids."""
     if set(references) != set(predictions):
-        raise ValueError("references and predictions must cover the same study ids "
-                         f"({len(set(references) ^ set(predictions))} id(s) differ).")
+        raise ValueError('references and predictions must cover the same study ids '
+                         f'({len(set(references) ^ set(predictions))} id(s) differ).')
     if labeler is None:
         from jima_jax.data.labeler import label_reports as labeler
     ids = sorted(references)
@@ -98,15 +98,15 @@ def label_and_score(references: Mapping[str, str], predictions: Mapping[str, str
 
 def _parse_label(value: str, path: pathlib.Path, line: int, column: str) -> int:
     value = value.strip()
-    if value == "":
+    if value == '':
         return types.LABEL_BLANK
     try:
         number = float(value)
     except ValueError:
         number = None
     if number not in (1.0, 0.0, -1.0, -2.0):
-        raise ValueError(f"{path}:{line}: column {column!r} holds {value!r}; expected 1, 0, -1, "
-                         "-2 or blank (CheXpert labeler output convention).")
+        raise ValueError(f'{path}:{line}: column {column!r} holds {value!r}; expected 1, 0, -1, '
+                         '-2 or blank (CheXpert labeler output convention).')
     return int(number)
 
 
@@ -120,29 +120,29 @@ def load_label_file(path: str | pathlib.Path, ids: Sequence[str]) -> np.ndarray:
     """
     path = pathlib.Path(path)
     try:
-        with path.open(newline="", encoding="utf-8") as f:
+        with path.open(newline='', encoding='utf-8') as f:
             reader = csv.DictReader(f)
             rows = [(reader.line_num, row) for row in reader]  # line_num: a record's last line
     except OSError as e:
-        raise ValueError(f"cannot read label file {path}: {e}") from e
+        raise ValueError(f'cannot read label file {path}: {e}') from e
     if not rows:
-        raise ValueError(f"{path}: no label rows.")
+        raise ValueError(f'{path}: no label rows.')
     missing = [o for o in types.OBSERVATIONS if o not in rows[0][1]]
     if missing:
-        raise ValueError(f"{path}: missing observation column(s) {missing}; the header must name "
-                         f"all of {list(types.OBSERVATIONS)}.")
+        raise ValueError(f'{path}: missing observation column(s) {missing}; the header must name '
+                         f'all of {list(types.OBSERVATIONS)}.')
     by_id: dict[str, np.ndarray] = {}
     for k, (line, row) in enumerate(rows):
-        key = row["id"] if "id" in row else (ids[k] if k < len(ids) else None)
+        key = row['id'] if 'id' in row else (ids[k] if k < len(ids) else None)
         if key is None:
-            raise ValueError(f"{path}: {len(rows)} rows but only {len(ids)} studies; without an "
-                             "`id` column rows must match the reports one to one.")
+            raise ValueError(f'{path}: {len(rows)} rows but only {len(ids)} studies; without an '
+                             '`id` column rows must match the reports one to one.')
         if key in by_id:
-            raise ValueError(f"{path}:{line}: duplicate id {key!r}.")
-        by_id[key] = np.array([_parse_label(row[o] or "", path, line, o)
+            raise ValueError(f'{path}:{line}: duplicate id {key!r}.')
+        by_id[key] = np.array([_parse_label(row[o] or '', path, line, o)
                                for o in types.OBSERVATIONS], np.int8)
     absent = [i for i in ids if i not in by_id]
     if absent or len(by_id) != len(ids):
-        raise ValueError(f"{path}: labels for {len(by_id)} studies, expected exactly the {len(ids)} "
-                         f"scored ones; {len(absent)} missing (e.g. {absent[:5]}).")
+        raise ValueError(f'{path}: labels for {len(by_id)} studies, expected exactly the '
+                         f'{len(ids)} scored ones; {len(absent)} missing (e.g. {absent[:5]}).')
     return np.stack([by_id[i] for i in ids])

@@ -19,7 +19,7 @@ import numpy as np
 from jima_jax.data import types
 from jima_jax.evaluation import nlg
 
-SPLITS = ("1/8", "1/6", "1/4")
+SPLITS = ('1/8', '1/6', '1/4')
 NUM_GROUPS = 5
 FREQUENT, INFREQUENT = 0, 1
 
@@ -29,7 +29,7 @@ EntitySets = Union[Mapping[str, Iterable[Hashable]], Sequence[Iterable[Hashable]
 
 def split_name(split: str) -> str:
     """'1/8' -> '1_8' (the form used in result keys)."""
-    return split.replace("/", "_")
+    return split.replace('/', '_')
 
 
 def word_counts(texts: Iterable[str]) -> dict[str, int]:
@@ -42,8 +42,9 @@ def word_counts(texts: Iterable[str]) -> dict[str, int]:
 
 def counts_from_ids(token_counts: np.ndarray,
                     id_to_token: Callable[[int], str]) -> dict[str, int]:
-    """Word counts from a frequency table (`FrequencyTables.token_counts` + `Tokenizer.id_to_token`),
-    dropping the reserved pad/bos/eos/unk ids, which never appear in report text."""
+    """Word counts from a frequency table (`FrequencyTables.token_counts` +
+    `Tokenizer.id_to_token`), dropping the reserved pad/bos/eos/unk ids, which never appear in
+    report text."""
     counts = np.asarray(token_counts)
     return {id_to_token(i): int(counts[i])
             for i in range(types.NUM_SPECIAL_TOKENS, counts.shape[0])}
@@ -95,9 +96,9 @@ def token_bucket_prf(references: Mapping[str, str], predictions: Mapping[str, st
         p = matched[b] / pred_n[b] if pred_n[b] else 0.0
         r = matched[b] / ref_n[b] if ref_n[b] else 0.0
         f = 2 * matched[b] / (pred_n[b] + ref_n[b]) if pred_n[b] + ref_n[b] else 0.0
-        out.append({"precision": float(p), "recall": float(r), "f1": float(f),
-                    "ref_tokens": int(ref_n[b]), "pred_tokens": int(pred_n[b]),
-                    "matched": int(matched[b])})
+        out.append({'precision': float(p), 'recall': float(r), 'f1': float(f),
+                    'ref_tokens': int(ref_n[b]), 'pred_tokens': int(pred_n[b]),
+                    'matched': int(matched[b])})
     return out
 
 
@@ -111,13 +112,13 @@ def token_imbalance(references: Mapping[str, str], predictions: Mapping[str, str
     for split in SPLITS:
         buckets = token_bucket_prf(references, predictions,
                                    frequent_buckets(token_counts, split), 2)
-        for name, stats in zip(("frequent", "infrequent"), buckets):
-            for measure in ("precision", "recall", "f1"):
-                out[f"token_{measure}/{split_name(split)}/{name}"] = stats[measure]
+        for name, stats in zip(('frequent', 'infrequent'), buckets):
+            for measure in ('precision', 'recall', 'f1'):
+                out[f'token_{measure}/{split_name(split)}/{name}'] = stats[measure]
     groups = token_bucket_prf(references, predictions, frequency_groups(token_counts), NUM_GROUPS)
     for g, stats in enumerate(groups):
-        for measure in ("precision", "recall", "f1"):
-            out[f"token_{measure}/group{g}"] = stats[measure]
+        for measure in ('precision', 'recall', 'f1'):
+            out[f'token_{measure}/group{g}'] = stats[measure]
     return out
 
 
@@ -131,17 +132,18 @@ def subset_nlg(references: Mapping[str, str], predictions: Mapping[str, str],
     """
     missing = [i for i in references if i not in abnormal]
     if missing:
-        raise ValueError(f"abnormal labels missing for {len(missing)} studies (e.g. {missing[:5]}).")
+        raise ValueError(f'abnormal labels missing for {len(missing)} studies '
+                         f'(e.g. {missing[:5]}).')
     subsets = {name: [i for i in references if int(abnormal[i]) == flag]
-               for name, flag in (("normal", 0), ("abnormal", 1))}
+               for name, flag in (('normal', 0), ('abnormal', 1))}
     groups = {name: ids for name, ids in subsets.items() if ids}
     if include_overall:
-        groups[""] = list(references)
+        groups[''] = list(references)
     scores = nlg.compute_nlg_groups(references, predictions, groups, with_meteor=with_meteor)
-    out: dict[str, Optional[float]] = {f"count/{name}": float(len(ids))
+    out: dict[str, Optional[float]] = {f'count/{name}': float(len(ids))
                                        for name, ids in subsets.items()}
     for name, values in scores.items():
-        out.update({(f"{k}/{name}" if name else k): v for k, v in values.items()})
+        out.update({(f'{k}/{name}' if name else k): v for k, v in values.items()})
     return out
 
 
@@ -158,18 +160,19 @@ def entity_prf(ref_entities: EntitySets, pred_entities: EntitySets) -> dict[str,
     ids = None
     if isinstance(ref_entities, Mapping) or isinstance(pred_entities, Mapping):
         if not (isinstance(ref_entities, Mapping) and isinstance(pred_entities, Mapping)):
-            raise ValueError("pass both entity inputs as mappings id -> entities, or both as sequences.")
+            raise ValueError('pass both entity inputs as mappings id -> entities, or both as '
+                             'sequences.')
         if set(ref_entities) != set(pred_entities):
-            raise ValueError("reference and predicted entities must cover the same study ids.")
+            raise ValueError('reference and predicted entities must cover the same study ids.')
         ids = sorted(ref_entities)
     refs, preds = _as_sets(ref_entities, ids), _as_sets(pred_entities, ids)
     if len(refs) != len(preds):
-        raise ValueError(f"{len(refs)} reference entity sets but {len(preds)} predicted ones.")
+        raise ValueError(f'{len(refs)} reference entity sets but {len(preds)} predicted ones.')
     tp = sum(len(r & p) for r, p in zip(refs, preds))
     n_ref, n_pred = sum(map(len, refs)), sum(map(len, preds))
-    return {"entity/precision": tp / n_pred if n_pred else 0.0,
-            "entity/recall": tp / n_ref if n_ref else 0.0,
-            "entity/f1": 2 * tp / (n_ref + n_pred) if n_ref + n_pred else 0.0}
+    return {'entity/precision': tp / n_pred if n_pred else 0.0,
+            'entity/recall': tp / n_ref if n_ref else 0.0,
+            'entity/f1': 2 * tp / (n_ref + n_pred) if n_ref + n_pred else 0.0}
 
 
 def entity_sets_from_ids(entity_ids: np.ndarray) -> list[frozenset]:

@@ -30,7 +30,7 @@ METEOR_TIMEOUT_S = 600.0
 _BLEU_TINY = 1e-15
 _BLEU_SMALL = 1e-9
 
-NLG_KEYS = ("BLEU_1", "BLEU_2", "BLEU_3", "BLEU_4", "METEOR", "ROUGE_L", "CIDEr")
+NLG_KEYS = ('BLEU_1', 'BLEU_2', 'BLEU_3', 'BLEU_4', 'METEOR', 'ROUGE_L', 'CIDEr')
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +53,17 @@ def align(references: Mapping[str, str],
         missing = sorted(ref_ids - pred_ids)
         extra = sorted(pred_ids - ref_ids)
         raise ValueError(
-            f"references and predictions must cover the same study ids: {len(missing)} reference "
-            f"id(s) have no prediction (e.g. {missing[:5]}), {len(extra)} prediction id(s) have no "
-            f"reference (e.g. {extra[:5]}).")
+            f'references and predictions must cover the same study ids: {len(missing)} reference '
+            f'id(s) have no prediction (e.g. {missing[:5]}), {len(extra)} prediction id(s) have no '
+            f'reference (e.g. {extra[:5]}).')
     if not ref_ids:
-        raise ValueError("No studies to score: references and predictions are empty.")
+        raise ValueError('No studies to score: references and predictions are empty.')
     ids = sorted(ref_ids)
     refs = [str(references[i]).split() for i in ids]
     empty = [i for i, r in zip(ids, refs) if not r]
     if empty:
-        raise ValueError(f"{len(empty)} reference report(s) are empty (e.g. ids {empty[:5]}); "
-                         "drop those studies before scoring.")
+        raise ValueError(f'{len(empty)} reference report(s) are empty (e.g. ids {empty[:5]}); '
+                         'drop those studies before scoring.')
     preds = [str(predictions[i]).split() for i in ids]
     return ids, refs, preds
 
@@ -117,7 +117,7 @@ def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
         m = match.get(token, 0)
         low = row & m
         row = ((row + low) | (row & ~m)) & mask
-    return len(b) - bin(row).count("1")
+    return len(b) - bin(row).count('1')
 
 
 def rouge_l(refs: Sequence[Tokens], preds: Sequence[Tokens], beta: float = ROUGE_BETA) -> float:
@@ -171,19 +171,19 @@ def cider_d(refs: Sequence[Tokens], preds: Sequence[Tokens], max_n: int = MAX_N,
 
 def meteor_jar() -> Optional[pathlib.Path]:
     """pycocoevalcap's meteor-1.5.jar (with its paraphrase data beside it), or None."""
-    spec = importlib.util.find_spec("pycocoevalcap")
+    spec = importlib.util.find_spec('pycocoevalcap')
     if spec is None or not spec.submodule_search_locations:
         return None
     for location in spec.submodule_search_locations:
-        jar = pathlib.Path(location) / "meteor" / "meteor-1.5.jar"
-        if jar.is_file() and (jar.parent / "data" / "paraphrase-en.gz").is_file():
+        jar = pathlib.Path(location) / 'meteor' / 'meteor-1.5.jar'
+        if jar.is_file() and (jar.parent / 'data' / 'paraphrase-en.gz').is_file():
             return jar
     return None
 
 
 def meteor_unavailable_reason() -> Optional[str]:
     """Why METEOR cannot run here (None when Java and the jar are both present)."""
-    if shutil.which("java") is None:
+    if shutil.which('java') is None:
         return "Java is not installed (METEOR runs pycocoevalcap's meteor-1.5.jar)"
     if meteor_jar() is None:
         return ("pycocoevalcap's meteor-1.5.jar was not found; `pip install pycocoevalcap` "
@@ -193,7 +193,7 @@ def meteor_unavailable_reason() -> Optional[str]:
 
 def _meteor_text(tokens: Tokens) -> str:
     """Tokens joined for the jar's line protocol, where '|||' separates fields."""
-    return " ".join(t for t in (tok.replace("|||", "") for tok in tokens) if t)
+    return ' '.join(t for t in (tok.replace('|||', '') for tok in tokens) if t)
 
 
 def meteor(refs: Sequence[Tokens], preds: Sequence[Tokens],
@@ -212,7 +212,7 @@ def meteor(refs: Sequence[Tokens], preds: Sequence[Tokens],
         raise MeteorUnavailable(reason)
     groups = [range(len(refs))] if groups is None else groups
     jar = meteor_jar()
-    cmd = ["java", "-jar", "-Xmx2G", str(jar), "-", "-", "-stdio", "-l", "en", "-norm"]
+    cmd = ['java', '-jar', '-Xmx2G', str(jar), '-', '-', '-stdio', '-l', 'en', '-norm']
     # Popen as a context manager closes the pipes (the jar then sees EOF) and waits for it.
     with tempfile.TemporaryFile() as err, subprocess.Popen(
             cmd, cwd=str(jar.parent), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -225,21 +225,21 @@ def meteor(refs: Sequence[Tokens], preds: Sequence[Tokens],
 
         def ask(line: str, answers: int = 1) -> str:
             """Sends one line, returns the last of its `answers` reply lines."""
-            proc.stdin.write((line + "\n").encode("utf-8"))
+            proc.stdin.write((line + '\n').encode('utf-8'))
             proc.stdin.flush()
             for _ in range(answers):
-                answer = proc.stdout.readline().decode("utf-8").strip()
+                answer = proc.stdout.readline().decode('utf-8').strip()
                 if not answer:
-                    raise BrokenPipeError("the jar closed its output")
+                    raise BrokenPipeError('the jar closed its output')
             return answer
 
         watchdog = threading.Timer(timeout_s, kill)
         watchdog.start()
         try:
-            stats = [ask(" ||| ".join(("SCORE", _meteor_text(r), _meteor_text(p))))
+            stats = [ask(' ||| '.join(('SCORE', _meteor_text(r), _meteor_text(p))))
                      for r, p in zip(refs, preds)]
             # EVAL answers each study's score, then the corpus score.
-            scores = [float(ask(" ||| ".join(["EVAL"] + [stats[k] for k in group]),
+            scores = [float(ask(' ||| '.join(['EVAL'] + [stats[k] for k in group]),
                                 len(group) + 1)) for group in groups]
         except (OSError, ValueError) as e:
             proc.kill()
@@ -249,9 +249,9 @@ def meteor(refs: Sequence[Tokens], preds: Sequence[Tokens],
                 pass
             proc.wait()
             err.seek(0)
-            detail = err.read().decode("utf-8", "replace").strip()[-2000:]
+            detail = err.read().decode('utf-8', 'replace').strip()[-2000:]
             if timed_out.is_set():
-                detail = f"killed after the {timeout_s:.0f} s timeout. {detail}"
+                detail = f'killed after the {timeout_s:.0f} s timeout. {detail}'
             raise MeteorUnavailable(f"meteor-1.5.jar failed ({e}): {detail or 'no stderr'}") from e
         finally:
             watchdog.cancel()
@@ -270,25 +270,25 @@ def compute_nlg_groups(references: Mapping[str, str], predictions: Mapping[str, 
     for name, group in groups.items():
         unknown = [i for i in group if i not in position]
         if unknown or not group:
-            raise ValueError(f"NLG group {name!r} must hold scored study ids; "
-                             f"{len(unknown)} unknown (e.g. {unknown[:5]}), size {len(group)}.")
+            raise ValueError(f'NLG group {name!r} must hold scored study ids; '
+                             f'{len(unknown)} unknown (e.g. {unknown[:5]}), size {len(group)}.')
         members[name] = [position[i] for i in group]
     out: dict[str, dict[str, Optional[float]]] = {}
     for name, group in members.items():
         r, p = [refs[k] for k in group], [preds[k] for k in group]
         scores: dict[str, Optional[float]] = {
-            f"BLEU_{n + 1}": v for n, v in enumerate(bleu(r, p))}
-        scores["ROUGE_L"] = rouge_l(r, p)
-        scores["CIDEr"] = cider_d(r, p)
+            f'BLEU_{n + 1}': v for n, v in enumerate(bleu(r, p))}
+        scores['ROUGE_L'] = rouge_l(r, p)
+        scores['CIDEr'] = cider_d(r, p)
         out[name] = scores
     if with_meteor:
         try:
             meteor_scores = meteor(refs, preds, list(members.values()))
         except MeteorUnavailable as e:
-            log.warning("METEOR unavailable: %s", e)
+            log.warning('METEOR unavailable: %s', e)
             meteor_scores = [None] * len(members)
         for name, value in zip(members, meteor_scores):
-            out[name]["METEOR"] = value
+            out[name]['METEOR'] = value
     return out
 
 
@@ -299,5 +299,5 @@ def compute_nlg(references: Mapping[str, str], predictions: Mapping[str, str], *
     METEOR is None, with a logged warning saying why, when it cannot run; with_meteor=False
     leaves the key out (fast validation during training).
     """
-    return compute_nlg_groups(references, predictions, {"all": list(references)},
-                              with_meteor=with_meteor)["all"]
+    return compute_nlg_groups(references, predictions, {'all': list(references)},
+                              with_meteor=with_meteor)['all']

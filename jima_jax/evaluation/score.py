@@ -32,37 +32,37 @@ def read_jsonl(path: str | pathlib.Path) -> dict[str, dict[str, Any]]:
     """JSONL rows keyed by their string `id`; errors name the file and line."""
     path = pathlib.Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding='utf-8').splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read {path}: {e}") from e
+        raise InputError(f'cannot read {path}: {e}') from e
     rows: dict[str, dict[str, Any]] = {}
     first_line: dict[str, int] = {}
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        where = f"{path}:{number}"
+        where = f'{path}:{number}'
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise InputError(f"{where}: not valid JSON ({e.msg} at column {e.colno}).") from e
+            raise InputError(f'{where}: not valid JSON ({e.msg} at column {e.colno}).') from e
         if not isinstance(row, dict):
-            raise InputError(f"{where}: expected a JSON object with `id` and `report`.")
-        if not isinstance(row.get("id"), (str, int)) or isinstance(row.get("id"), bool):
-            raise InputError(f"{where}: missing or non-string `id`.")
-        if not isinstance(row.get("report"), str):
-            raise InputError(f"{where}: missing or non-string `report`.")
-        key = str(row["id"])
+            raise InputError(f'{where}: expected a JSON object with `id` and `report`.')
+        if not isinstance(row.get('id'), (str, int)) or isinstance(row.get('id'), bool):
+            raise InputError(f'{where}: missing or non-string `id`.')
+        if not isinstance(row.get('report'), str):
+            raise InputError(f'{where}: missing or non-string `report`.')
+        key = str(row['id'])
         if key in rows:
-            raise InputError(f"{where}: duplicate id {key!r} (first on line {first_line[key]}).")
-        if "abnormal" in row and row["abnormal"] not in (0, 1):
+            raise InputError(f'{where}: duplicate id {key!r} (first on line {first_line[key]}).')
+        if 'abnormal' in row and row['abnormal'] not in (0, 1):
             raise InputError(f"{where}: `abnormal` must be 0 or 1, got {row['abnormal']!r}.")
-        if "entities" in row and not (isinstance(row["entities"], list)
-                                      and all(isinstance(e, str) for e in row["entities"])):
-            raise InputError(f"{where}: `entities` must be a list of strings.")
+        if 'entities' in row and not (isinstance(row['entities'], list)
+                                      and all(isinstance(e, str) for e in row['entities'])):
+            raise InputError(f'{where}: `entities` must be a list of strings.')
         rows[key] = row
         first_line[key] = number
     if not rows:
-        raise InputError(f"{path}: no rows.")
+        raise InputError(f'{path}: no rows.')
     return rows
 
 
@@ -71,9 +71,9 @@ def check_ids(refs: dict, preds: dict, ref_path: str, pred_path: str) -> None:
     extra = sorted(set(preds) - set(refs))
     if missing or extra:
         raise InputError(
-            f"the files must hold the same ids: {len(missing)} id(s) of {ref_path} have no "
-            f"prediction (e.g. {missing[:5]}); {len(extra)} id(s) of {pred_path} have no "
-            f"reference (e.g. {extra[:5]}).")
+            f'the files must hold the same ids: {len(missing)} id(s) of {ref_path} have no '
+            f'prediction (e.g. {missing[:5]}); {len(extra)} id(s) of {pred_path} have no '
+            f'reference (e.g. {extra[:5]}).')
 
 
 def load_token_counts(path: str | pathlib.Path) -> dict[str, int]:
@@ -82,26 +82,27 @@ def load_token_counts(path: str | pathlib.Path) -> dict[str, int]:
     path = pathlib.Path(path)
     if path.is_file():
         try:
-            counts = json.loads(path.read_text(encoding="utf-8"))
+            counts = json.loads(path.read_text(encoding='utf-8'))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InputError(f"--tables {path}: not a readable JSON file ({e}).") from e
+            raise InputError(f'--tables {path}: not a readable JSON file ({e}).') from e
         if not (isinstance(counts, dict) and counts and all(
                 isinstance(v, int) and not isinstance(v, bool) and v >= 0
                 for v in counts.values())):
-            raise InputError(f"--tables {path}: expected a non-empty JSON object mapping each "
-                             "training token to its count (int >= 0).")
+            raise InputError(f'--tables {path}: expected a non-empty JSON object mapping each '
+                             'training token to its count (int >= 0).')
         return counts
     if path.is_dir():
         from jima_jax.data.tables import FrequencyTables
         from jima_jax.data.tokenizer import Tokenizer
-        tokenizer = Tokenizer.load(path / "tokenizer.model")
-        if tokenizer.mode != "word":
-            raise InputError(f"--tables {path}: a {tokenizer.mode} tokenizer counts subword pieces, "
-                             "not words; pass a JSON file of training word counts instead.")
-        tables = FrequencyTables.load(path / "tables.json",
+        tokenizer = Tokenizer.load(path / 'tokenizer.model')
+        if tokenizer.mode != 'word':
+            raise InputError(f'--tables {path}: a {tokenizer.mode} tokenizer counts subword '
+                             'pieces, not words; pass a JSON file of training word counts '
+                             'instead.')
+        tables = FrequencyTables.load(path / 'tables.json',
                                       tokenizer_fingerprint=tokenizer.fingerprint)
         return imbalance.counts_from_ids(tables.token_counts, tokenizer.id_to_token)
-    raise InputError(f"--tables {path}: no such file or folder.")
+    raise InputError(f'--tables {path}: no such file or folder.')
 
 
 def _label_file(path: str, file_order: list[str], ids: Sequence[str]) -> np.ndarray:
@@ -115,22 +116,22 @@ def _abnormal_flags(refs: dict, ids: Sequence[str], ref_labels: Optional[np.ndar
                     notes: list[str]) -> Optional[dict[str, int]]:
     """Normal/abnormal per study: the references' `abnormal` field, else abnormal unless the
     reference labels (given or from the package labeler) say 'No Finding'."""
-    have = [i for i in ids if "abnormal" in refs[i]]
+    have = [i for i in ids if 'abnormal' in refs[i]]
     if have and len(have) != len(ids):
-        raise InputError(f"`abnormal` is given for {len(have)} of {len(ids)} references; give it "
-                         "for all or none.")
+        raise InputError(f'`abnormal` is given for {len(have)} of {len(ids)} references; give it '
+                         'for all or none.')
     if have:
         notes.append("Normal/abnormal: the references' `abnormal` field.")
-        return {i: int(refs[i]["abnormal"]) for i in ids}
+        return {i: int(refs[i]['abnormal']) for i in ids}
     if ref_labels is None:
         try:
             from jima_jax.data.labeler import label_reports
         except ImportError:
-            notes.append("Normal/abnormal split skipped: no `abnormal` field, labels or labeler.")
+            notes.append('Normal/abnormal split skipped: no `abnormal` field, labels or labeler.')
             return None
-        ref_labels = label_reports([refs[i]["report"] for i in ids])
+        ref_labels = label_reports([refs[i]['report'] for i in ids])
     notes.append("Normal/abnormal: abnormal unless the reference's 'No Finding' label is positive.")
-    no_finding = ref_labels[:, types.OBSERVATIONS.index("No Finding")]
+    no_finding = ref_labels[:, types.OBSERVATIONS.index('No Finding')]
     return {i: int(v != types.LABEL_POSITIVE) for i, v in zip(ids, no_finding)}
 
 
@@ -141,29 +142,31 @@ def score_reports(refs: dict[str, str], preds: dict[str, str], *,
                   token_counts: Optional[dict[str, int]] = None,
                   ref_entities: Optional[dict] = None, pred_entities: Optional[dict] = None,
                   with_meteor: bool = True, with_ce: bool = True,
-                  notes: Optional[list[str]] = None) -> tuple[dict[str, Optional[float]], list[str]]:
+                  notes: Optional[list[str]] = None
+                  ) -> tuple[dict[str, Optional[float]], list[str]]:
     """The whole suite on id-aligned reports; shared by this CLI and the package's eval mode.
 
     Label arrays follow `sorted(refs)`. Missing pieces are derived the documented way: labels from
     the package labeler, normal/abnormal from the reference labels' "No Finding", token buckets from
-    the references' own word counts. Returns the flat results and notes on where each part came from.
+    the references' own word counts. Returns the flat results and notes on where each part came
+    from.
     """
     ids = sorted(refs)
-    notes = [f"Studies: {len(ids)}."] if notes is None else notes
+    notes = [f'Studies: {len(ids)}.'] if notes is None else notes
     results: dict[str, Optional[float]] = {
-        "count/studies": len(ids),
-        "distinct_reports": phantom_truth.distinct_reports([preds[i] for i in ids])}
+        'count/studies': len(ids),
+        'distinct_reports': phantom_truth.distinct_reports([preds[i] for i in ids])}
     if with_ce and (ref_labels is None or pred_labels is None):
         try:
             from jima_jax.data.labeler import label_reports
         except ImportError as e:
-            notes.append(f"CE skipped: the package labeler is unavailable ({e}).")
+            notes.append(f'CE skipped: the package labeler is unavailable ({e}).')
         else:
             if ref_labels is None:
                 ref_labels = label_reports([refs[i] for i in ids])
             if pred_labels is None:
                 pred_labels = label_reports([preds[i] for i in ids])
-            notes.append("CE: generated reports labelled by jima_jax.data.labeler.")
+            notes.append('CE: generated reports labelled by jima_jax.data.labeler.')
     if with_ce and ref_labels is not None and pred_labels is not None:
         results.update(clinical.ce_metrics(ref_labels, pred_labels))
 
@@ -176,14 +179,15 @@ def score_reports(refs: dict[str, str], preds: dict[str, str], *,
     else:
         results.update(imbalance.subset_nlg(refs, preds, abnormal, with_meteor=with_meteor,
                                             include_overall=True))
-    if results.get("METEOR", 0.0) is None:
-        reason = nlg.meteor_unavailable_reason() or "the jar failed (see the log above)"
-        notes.append(f"METEOR unavailable: {reason}.")
+    if results.get('METEOR', 0.0) is None:
+        reason = nlg.meteor_unavailable_reason() or 'the jar failed (see the log above)'
+        notes.append(f'METEOR unavailable: {reason}.')
 
     if token_counts is None:
         token_counts = imbalance.word_counts(refs.values())
         notes.append("Token buckets: no training counts given, so frequency ranks come from the "
-                     f"references' own word counts ({len(token_counts)} words), not the training split.")
+                     f"references' own word counts ({len(token_counts)} words), not the training "
+                     "split.")
     results.update(imbalance.token_imbalance(refs, preds, token_counts))
     if ref_entities is not None and pred_entities is not None:
         results.update(imbalance.entity_prf(ref_entities, pred_entities))
@@ -200,16 +204,16 @@ def score(args: argparse.Namespace) -> tuple[dict[str, Optional[float]], list[st
         from jima_jax.data.cleaning import clean_report
         for rows in (refs_rows, preds_rows):
             for row in rows.values():
-                row["report"] = clean_report(row["report"])
-    refs = {i: refs_rows[i]["report"] for i in ids}
-    preds = {i: preds_rows[i]["report"] for i in ids}
-    notes = [f"Studies: {len(ids)}."]
+                row['report'] = clean_report(row['report'])
+    refs = {i: refs_rows[i]['report'] for i in ids}
+    preds = {i: preds_rows[i]['report'] for i in ids}
+    notes = [f'Studies: {len(ids)}.']
 
     ref_labels = pred_labels = None
     if args.labels:
         ref_labels = _label_file(args.labels[0], list(refs_rows), ids)
         pred_labels = _label_file(args.labels[1], list(preds_rows), ids)
-        notes.append(f"CE: labels from {args.labels[0]} and {args.labels[1]}.")
+        notes.append(f'CE: labels from {args.labels[0]} and {args.labels[1]}.')
     elif not args.no_ce:
         try:
             from jima_jax.data.labeler import label_reports
@@ -217,56 +221,56 @@ def score(args: argparse.Namespace) -> tuple[dict[str, Optional[float]], list[st
             pass  # score_reports notes it
         else:
             ref_labels = label_reports([refs[i] for i in ids])
-            notes.append("CE: both sides labelled by jima_jax.data.labeler.")
+            notes.append('CE: both sides labelled by jima_jax.data.labeler.')
     abnormal = _abnormal_flags(refs_rows, ids, ref_labels, notes)
     counts = None
     if args.tables:
         counts = load_token_counts(args.tables)
-        notes.append(f"Token buckets: training counts from {args.tables} ({len(counts)} tokens).")
-    entities = all("entities" in refs_rows[i] and "entities" in preds_rows[i] for i in ids)
+        notes.append(f'Token buckets: training counts from {args.tables} ({len(counts)} tokens).')
+    entities = all('entities' in refs_rows[i] and 'entities' in preds_rows[i] for i in ids)
     return score_reports(
         refs, preds, abnormal=abnormal, ref_labels=ref_labels, pred_labels=pred_labels,
         token_counts=counts,
-        ref_entities={i: refs_rows[i]["entities"] for i in ids} if entities else None,
-        pred_entities={i: preds_rows[i]["entities"] for i in ids} if entities else None,
+        ref_entities={i: refs_rows[i]['entities'] for i in ids} if entities else None,
+        pred_entities={i: preds_rows[i]['entities'] for i in ids} if entities else None,
         with_meteor=not args.no_meteor, with_ce=not args.no_ce, notes=notes)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m jima_jax.evaluation.score",
-        description="Score generated radiology reports (NLG, clinical efficacy, imbalance).")
-    p.add_argument("--references", required=True, help="JSONL with `id` and `report` per line")
-    p.add_argument("--predictions", required=True, help="JSONL with `id` and `report` per line")
-    p.add_argument("--tables", help="training token counts: JSON {token: count}, or a prepared "
+        prog='python -m jima_jax.evaluation.score',
+        description='Score generated radiology reports (NLG, clinical efficacy, imbalance).')
+    p.add_argument('--references', required=True, help='JSONL with `id` and `report` per line')
+    p.add_argument('--predictions', required=True, help='JSONL with `id` and `report` per line')
+    p.add_argument('--tables', help="training token counts: JSON {token: count}, or a prepared "
                    "folder with tokenizer.model + tables.json (default: the references' counts)")
-    p.add_argument("--labels", nargs=2, metavar=("REF_LABELS", "PRED_LABELS"),
-                   help="precomputed observation labels (CheXpert labeler CSV format) instead of "
-                        "the package labeler")
-    p.add_argument("--dataset", choices=sorted(report.PAPER),
+    p.add_argument('--labels', nargs=2, metavar=('REF_LABELS', 'PRED_LABELS'),
+                   help='precomputed observation labels (CheXpert labeler CSV format) instead of '
+                        'the package labeler')
+    p.add_argument('--dataset', choices=sorted(report.PAPER),
                    help="show the paper's numbers for this dataset beside ours")
-    p.add_argument("--out", help="folder for results.json, results.md and plots")
-    p.add_argument("--clean", action="store_true", help="apply the R2Gen report cleaning first")
-    p.add_argument("--no-meteor", action="store_true", help="skip METEOR (no Java start-up)")
-    p.add_argument("--no-ce", action="store_true", help="skip clinical efficacy")
+    p.add_argument('--out', help='folder for results.json, results.md and plots')
+    p.add_argument('--clean', action='store_true', help='apply the R2Gen report cleaning first')
+    p.add_argument('--no-meteor', action='store_true', help='skip METEOR (no Java start-up)')
+    p.add_argument('--no-ce', action='store_true', help='skip clinical efficacy')
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
     try:
         results, notes = score(args)
     except (InputError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f'error: {e}', file=sys.stderr)
         return 2
     text = report.format_results(results, args.dataset, notes=notes)
-    print(text, end="")
+    print(text, end='')
     if args.out:
         written = report.write_results(results, args.out, dataset_name=args.dataset, notes=notes)
-        print("Wrote " + ", ".join(str(p) for p in written.values()))
+        print('Wrote ' + ', '.join(str(p) for p in written.values()))
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     sys.exit(main())

@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from jima_jax.model import layers, resnet, transformer
+from jima_jax import kernel_choice
+from jima_jax.model import resnet, transformer
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
@@ -136,7 +137,7 @@ class JIMA(nnx.Module):
         dtype = compute_dtype(cfg.dtype)
         self.visual = resnet.ResNet(
             cfg.backbone, in_channels=cfg.in_channels, freeze_bn_stats=cfg.freeze_bn_stats,
-            conv_impl=layers.resolve_conv_impl(cfg.conv_impl), remat=cfg.remat_backbone,
+            kernels=kernel_choice.configured(cfg), remat=cfg.remat_backbone,
             dtype=dtype, rngs=rngs)
         d = self.visual.feature_dim
         self.entity_fusion = entity_fusion(cfg)

@@ -12,7 +12,9 @@ import numpy as np
 import jax.numpy as jnp
 from flax import nnx
 
-from jima_jax.model.layers import BatchNorm, Conv2d, materialize, max_pool_3x3_s2
+from jima_jax import kernel_choice
+from jima_jax.model import layers, xla_cpu
+from jima_jax.model.layers import BatchNorm, max_pool_3x3_s2
 
 # name -> (block type, blocks per stage)
 ARCHITECTURES = {
@@ -36,10 +38,20 @@ def _architecture(name: str):
     return ARCHITECTURES[name]
 
 
+# model.kernels (resolved) -> (convolution module, what a block does with its output).
+_KERNELS = {'portable': (layers.Conv2d, layers.keep),
+            'xla_cpu': (xla_cpu.Conv2d, xla_cpu.materialize)}
+
+
+def _block_output(kernels: str, y: jax.Array) -> jax.Array:
+    return _KERNELS[kernels][1](y)
+
+
 class BasicBlock(nnx.Module):
     expansion = 1
 
-    def __init__(self, in_ch, width, stride, *, conv, bn):
+    def __init__(self, in_ch, width, stride, *, conv, bn, kernels: str = 'portable'):
+        self.kernels = kernels
         self.conv1 = conv(in_ch, width, 3, stride)
         self.bn1 = bn(width)
         self.conv2 = conv(width, width, 3, 1)
@@ -54,7 +66,7 @@ class BasicBlock(nnx.Module):
         y = self.bn2(self.conv2(y), train, update_stats)
         if self.has_downsample:
             x = self.downsample_bn(self.downsample_conv(x), train, update_stats)
-        return materialize(jax.nn.relu(x + y))
+        return _block_output(self.kernels, jax.nn.relu(x + y))
 
 
 class Bottleneck(nnx.Module):
@@ -62,7 +74,8 @@ class Bottleneck(nnx.Module):
 
     expansion = 4
 
-    def __init__(self, in_ch, width, stride, *, conv, bn):
+    def __init__(self, in_ch, width, stride, *, conv, bn, kernels: str = 'portable'):
+        self.kernels = kernels
         out_ch = width * 4
         self.conv1 = conv(in_ch, width, 1, 1)
         self.bn1 = bn(width)
@@ -81,20 +94,25 @@ class Bottleneck(nnx.Module):
         y = self.bn3(self.conv3(y), train, update_stats)
         if self.has_downsample:
             x = self.downsample_bn(self.downsample_conv(x), train, update_stats)
-        return materialize(jax.nn.relu(x + y))
+        return _block_output(self.kernels, jax.nn.relu(x + y))
 
 
 class ResNet(nnx.Module):
-    """Images [N, H, W, C] (normalised) -> feature map [N, H/32, W/32, feature_dim]."""
+    """Images [N, H, W, C] (normalised) -> feature map [N, H/32, W/32, feature_dim].
+
+    `kernels` is `model.kernels`: 'auto' is resolved here, once, to 'portable' or 'xla_cpu'
+    (`self.kernels`); the layers it builds run that kernel set whatever the backend."""
 
     def __init__(self, name: str, *, in_channels: int = 3, freeze_bn_stats: bool = False,
-                 conv_impl: str = 'xla', remat: bool = False, dtype=jnp.float32,
+                 kernels: str = 'auto', remat: bool = False, dtype=jnp.float32,
                  rngs: nnx.Rngs):
         block_type, depths = _architecture(name)
         block_cls = BasicBlock if block_type == 'basic' else Bottleneck
+        self.kernels = kernel_choice.resolve(kernels)
+        conv_cls = _KERNELS[self.kernels][0]
 
         def conv(cin, cout, k, stride):
-            return Conv2d(cin, cout, k, stride, impl=conv_impl, dtype=dtype, rngs=rngs)
+            return conv_cls(cin, cout, k, stride, dtype=dtype, rngs=rngs)
 
         def bn(ch):
             return BatchNorm(ch, frozen=freeze_bn_stats)
@@ -109,7 +127,8 @@ class ResNet(nnx.Module):
             blocks = []
             for i in range(depth):
                 stride = 2 if (i == 0 and stage > 0) else 1
-                blocks.append(block_cls(in_ch, width, stride, conv=conv, bn=bn))
+                blocks.append(block_cls(in_ch, width, stride, conv=conv, bn=bn,
+                                        kernels=self.kernels))
                 in_ch = width * block_cls.expansion
             stages.append(nnx.List(blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
@@ -169,7 +188,8 @@ def _strip_prefix(state: dict) -> dict:
     if 'conv1.weight' in state:
         return state
     for key in state:
-        if key.endswith('.conv1.weight') and key[:-len('conv1.weight')] + 'layer1.0.conv1.weight' in state:
+        if (key.endswith('.conv1.weight')
+                and key[:-len('conv1.weight')] + 'layer1.0.conv1.weight' in state):
             prefix = key[:-len('conv1.weight')]
             return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     return state

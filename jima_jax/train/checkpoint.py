@@ -76,7 +76,8 @@ def checkpoint_dir(workdir: str | pathlib.Path, train_cfg):
 
 
 class Checkpointer:
-    """Saves and restores (state, extra) pairs; `config` is written with every step for provenance."""
+    """Saves and restores (state, extra) pairs; `config` is written with every step for
+    provenance."""
 
     def __init__(self, directory: str | pathlib.Path, train_cfg, *, async_save: bool = True):
         self.directory = (directory if str(directory).startswith('gs://')
@@ -294,6 +295,54 @@ def warn(message: str) -> None:
     """One line on stderr (process 0 only): what happened to which checkpoint."""
     if jax.process_index() == 0:
         print(f'warning: {message}', file=sys.stderr, flush=True)
+
+
+def checkpoint_step(workdir: pathlib.Path, train_cfg, which: str) -> Optional[int]:
+    """The step `run_setup.setup` should restore for --checkpoint=`which` (eval, predict,
+    export): 'latest' -> None (the newest intact one; damaged ones are moved aside there), 'best'
+    (by train.best_metric, recorded during training; damaged -> moved aside with a warning, then
+    None), 'auto' ('best' when one was recorded, else 'latest') or a step number."""
+    ck = Checkpointer(checkpoint_dir(workdir, train_cfg), train_cfg)
+    latest = ck.latest_step()
+    try:
+        if latest is None:
+            raise FileNotFoundError(
+                f'{ck.directory} holds no checkpoint; train first '
+                f'(python -m jima_jax.main --config ... --workdir {workdir}).')
+        if which == 'auto':
+            which = 'best' if 'step' in ck.best_record() else 'latest'
+        if which == 'latest':
+            return None
+        if which == 'best':
+            best = ck.best_record()
+            if 'step' not in best:
+                raise ValueError(f'{workdir}: no best checkpoint was recorded (train.best_metric='
+                                 f'{train_cfg.best_metric!r} never evaluated); use '
+                                 '--checkpoint=latest.')
+            step = int(best['step'])
+            problem = (None if step in ck.manager.all_steps() else
+                       f'best checkpoint step {step} is no longer in {ck.directory}.')
+            if problem is None and (damage := ck.find_damage(step)) is not None:
+                problem = f'{damage} Moved it to {ck.move_aside(step)}.'
+            if problem is None:
+                return step
+            warn(f'{problem} Using the newest intact checkpoint instead.')
+            return None
+        if not which.isdigit() or int(which) not in ck.manager.all_steps():
+            raise ValueError(f'--checkpoint={which!r}: expected latest, best or one of the saved '
+                             f'steps {sorted(ck.manager.all_steps())} (or auto: best when one '
+                             'was recorded, else latest).')
+        return int(which)
+    finally:
+        ck.close()
+
+
+def checkpoint_label(which: str, step: Optional[int]):
+    """What results.json calls the checkpoint `checkpoint_step(..., which)` chose: 'latest' (None:
+    the newest intact one), 'best', or the step number asked for."""
+    if step is None:
+        return 'latest'
+    return 'best' if which in ('best', 'auto') else int(step)
 
 
 def _sha256(path: pathlib.Path) -> str:

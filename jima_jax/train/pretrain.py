@@ -27,10 +27,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jima_jax import atomic, torch_files
+from jima_jax import atomic, kernel_choice, torch_files
 from jima_jax.data import pipeline as pipeline_lib, prepare
 from jima_jax.data.types import LABEL_POSITIVE, LABEL_UNCERTAIN, OBSERVATIONS, PreparedSplit
-from jima_jax.model import jima, layers, resnet
+from jima_jax.model import jima, resnet
 from jima_jax.train import parallel, step as step_lib
 
 TARGETS = OBSERVATIONS[1:] + ('abnormal',)  # "No Finding" is the complement of `abnormal`
@@ -63,7 +63,7 @@ class LabelNet(nnx.Module):
     def __init__(self, mcfg, num_views: int, num_targets: int, *, rngs: nnx.Rngs):
         self.visual = resnet.ResNet(
             mcfg.backbone, in_channels=mcfg.in_channels, freeze_bn_stats=mcfg.freeze_bn_stats,
-            conv_impl=layers.resolve_conv_impl(mcfg.conv_impl), remat=mcfg.remat_backbone,
+            kernels=kernel_choice.configured(mcfg), remat=mcfg.remat_backbone,
             dtype=jima.compute_dtype(mcfg.dtype), rngs=rngs)
         self.head = nnx.Linear(self.visual.feature_dim * num_views, num_targets, rngs=rngs)
 

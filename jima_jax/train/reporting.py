@@ -80,6 +80,14 @@ class RunReporter:
             self._jsonl.close()
 
 
+def results_table(result: dict) -> str:
+    """A two-column Markdown table of a flat results dict (what --mode train prints last)."""
+    rows = ['| metric | value |', '|---|---|']
+    for k, v in result.items():
+        rows.append(f'| {k} | {v:.4f} |' if isinstance(v, float) else f'| {k} | {v} |')
+    return '\n'.join(rows)
+
+
 def read_log(path: pathlib.Path) -> list[dict]:
     if not path.exists():
         return []

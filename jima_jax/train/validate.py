@@ -1,6 +1,7 @@
-"""Generate reports for a prepared split and score them with the full evaluation suite.
+"""A split's losses, and reports generated for it and scored with the full evaluation suite.
 
-Used by `--mode eval` (every metric, METEOR included, files under `<workdir>/eval/<split>/`) and
+The losses (teacher forcing, `evaluate_loss`) are what validation logs every evaluation. Reports
+are used by `--mode eval` (every metric, METEOR included, files under `<workdir>/eval/<split>/`) and
 by validation during training when `train.eval_decode` is on (no METEOR: no Java per epoch).
 Besides the reference-text metrics: `distinct_reports` for every dataset and, on the phantom
 datasets, the phantom-truth scores (`evaluation.phantom_truth`); a final evaluation (`out_dir`)
@@ -11,9 +12,10 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jima_jax import atomic, decode
@@ -21,21 +23,59 @@ from jima_jax.data.types import PreparedSplit
 from jima_jax.evaluation import imbalance, phantom_truth
 from jima_jax.evaluation import report as report_lib, score as score_lib
 from jima_jax.train import parallel
+from jima_jax.train import step as step_lib
+
+if TYPE_CHECKING:  # only for annotations: predicting from an export folder imports no TensorFlow
+    from jima_jax.train.run_setup import Setup
 
 
+def make_eval_fn(run: Setup):
+    """Jitted (params, stats, batch, tables) -> summed losses, batch split over the mesh."""
+    rep, batch = parallel.replicated(run.mesh), parallel.batch_sharding(run.mesh)
+    fn = step_lib.build_eval_step(run.modeldef, run.config, run.vocab_size)
+    return jax.jit(fn, in_shardings=(run.state_sharding.params, run.state_sharding.batch_stats,
+                                     batch, rep), out_shardings=rep)
 
-def make_generate(s):
-    """The jitted generation function of a `loop.Setup`, batch split over the mesh."""
-    fn = decode.make_generate_fn(s.modeldef, s.config, s.vocab_size)
-    return jax.jit(fn, in_shardings=(s.state_sharding.params, s.state_sharding.batch_stats,
-                                     parallel.batch_sharding(s.mesh)))
+
+def evaluate_loss(run: Setup, eval_fn, split_name: str, state=None,
+                  shuffle_images: bool = False, tables=None) -> dict[str, float]:
+    """Mean entity BCE and report NLL over a whole split (`<split>/loss/...`), weighted as in
+    training (`run.loss_tables`) unless `tables` is given.
+
+    `shuffle_images` gives every study the images of its neighbour in the batch (a roll by one):
+    the losses a model earns without looking at its own image (`evaluate.image_reliance`).
+    """
+    state = run.state if state is None else state
+    tables = run.loss_tables if tables is None else tables
+    split = run.dataset.splits[split_name]
+    if len(split) == 0:
+        return {}
+    pipe = parallel.host_pipeline(split, run.config.input, run.config.seed)
+    sharding = parallel.batch_sharding(run.mesh)
+    totals = None
+    for batch in pipe.eval_batches():
+        if shuffle_images:
+            batch = dict(batch, images=np.roll(np.asarray(batch['images']), 1, axis=0))
+        out = eval_fn(state.params, state.batch_stats, parallel.put_batch(batch, sharding),
+                      tables)
+        totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+    t = jax.device_get(totals)
+    return {f'{split_name}/loss/{task}': float(t[f'{task}_sum'] / max(t[f'{task}_count'], 1))
+            for task in ('entity', 'report') if f'{task}_sum' in t}  # no entity: R2Gen baseline
 
 
-def generate_split(s, generate_fn, split_name: str, state) -> dict:
-    """Predicted reports (text), per-token log-probs and entity probabilities for a split."""
-    split = s.dataset.splits[split_name]
-    pipe = parallel.host_pipeline(split, s.config.input, s.config.seed)
-    sharding = parallel.batch_sharding(s.mesh)
+def make_generate(run: Setup):
+    """The jitted generation function of a run, batch split over the mesh."""
+    fn = decode.make_generate_fn(run.modeldef, run.config, run.vocab_size)
+    return jax.jit(fn, in_shardings=(run.state_sharding.params, run.state_sharding.batch_stats,
+                                     parallel.batch_sharding(run.mesh)))
+
+
+def generate_split(run: Setup, generate_fn, split: PreparedSplit, state) -> dict:
+    """Predicted reports (text), per-token log-probs and entity probabilities for `split` (one
+    of the dataset's, or studies read for `--mode predict`)."""
+    pipe = parallel.host_pipeline(split, run.config.input, run.config.seed)
+    sharding = parallel.batch_sharding(run.mesh)
     tokens, logprobs, q, index = [], [], [], []
     for batch in pipe.eval_batches():
         images = parallel.put_batch({'images': batch['images']}, sharding)['images']
@@ -48,7 +88,7 @@ def generate_split(s, generate_fn, split_name: str, state) -> dict:
             q.append(out['entity_probs'][keep])
         index.append(idx[keep])
     index = np.concatenate(index)
-    tok = s.dataset.tokenizer
+    tok = run.dataset.tokenizer
     tokens = np.concatenate(tokens)
     return {'ids': [str(split.ids[i]) for i in index], 'index': index,
             'reports': [tok.decode([int(t) for t in row]) for row in tokens],
@@ -56,7 +96,7 @@ def generate_split(s, generate_fn, split_name: str, state) -> dict:
             'entity_probs': np.concatenate(q) if q else None}
 
 
-def score_generated(s, split: PreparedSplit, generated: dict, *,
+def score_generated(run: Setup, split: PreparedSplit, generated: dict, *,
                     with_meteor: bool) -> tuple[dict, list[str]]:
     """Every metric of the suite; references, labels and normal/abnormal come from the split."""
     index = generated['index']
@@ -64,7 +104,7 @@ def score_generated(s, split: PreparedSplit, generated: dict, *,
     refs = {i: str(split.reports[k]) for i, k in zip(ids, index)}
     preds = dict(zip(ids, generated['reports']))
     order = np.argsort(np.asarray(ids))  # score_reports aligns label rows with sorted(ids)
-    tok, tables = s.dataset.tokenizer, s.dataset.tables
+    tok, tables = run.dataset.tokenizer, run.dataset.tables
     pred_entities = ref_entities = None  # no entity scores for the R2Gen baseline
     if generated['entity_probs'] is not None:
         pred_entities = dict(zip(ids, imbalance.entity_sets_from_scores(
@@ -78,7 +118,7 @@ def score_generated(s, split: PreparedSplit, generated: dict, *,
         with_meteor=with_meteor)
 
 
-def reading_results(s, split: PreparedSplit, generated: dict, *,
+def reading_results(run: Setup, split: PreparedSplit, generated: dict, *,
                     with_baselines: bool) -> dict:
     """Does the model read its images (`distinct_reports` comes with `score_generated`):
     phantom-truth scores when the split stores the drawn findings (phantom datasets). With
@@ -92,7 +132,7 @@ def reading_results(s, split: PreparedSplit, generated: dict, *,
         out.update(phantom_truth.scores(truth, generated['reports']))
     if with_baselines:
         refs = [str(split.reports[k]) for k in index]
-        out.update(phantom_truth.baselines(refs, s.dataset.splits['train'].reports, truth))
+        out.update(phantom_truth.baselines(refs, run.dataset.splits['train'].reports, truth))
         if truth is not None:
             out['phantom_truth/findings'] = ','.join(
                 phantom_truth.finding_key(n) for n in phantom_truth.evaluated_findings(truth))
@@ -114,15 +154,15 @@ def write_predictions(path: pathlib.Path, split: PreparedSplit, generated: dict)
     atomic.write_text(path, '\n'.join(lines) + '\n')
 
 
-def evaluate_split(s, generate_fn, split_name: str, state, *, with_meteor: bool,
+def evaluate_split(run: Setup, generate_fn, split_name: str, state, *, with_meteor: bool,
                    out_dir: Optional[pathlib.Path] = None) -> dict:
     """Generate + score one split; with `out_dir`, also write predictions, results and plots."""
-    split = s.dataset.splits[split_name]
+    split = run.dataset.splits[split_name]
     if len(split) == 0:
         return {}
-    generated = generate_split(s, generate_fn, split_name, state)
-    results, notes = score_generated(s, split, generated, with_meteor=with_meteor)
-    results.update(reading_results(s, split, generated, with_baselines=out_dir is not None))
+    generated = generate_split(run, generate_fn, split, state)
+    results, notes = score_generated(run, split, generated, with_meteor=with_meteor)
+    results.update(reading_results(run, split, generated, with_baselines=out_dir is not None))
     if split.truth_labels is not None:
         notes = list(notes) + ['Phantom truth: generated reports read by jima_jax.data.labeler '
                                '(uncertain = found) against the findings each image was drawn '
@@ -130,5 +170,5 @@ def evaluate_split(s, generate_fn, split_name: str, state, *, with_meteor: bool,
     if out_dir is not None and jax.process_index() == 0:
         write_predictions(out_dir / 'predictions.jsonl', split, generated)
         report_lib.write_results(results, out_dir, notes=notes,
-                                 dataset_name=report_lib.paper_dataset(s.config.data.name))
+                                 dataset_name=report_lib.paper_dataset(run.config.data.name))
     return results

@@ -5,7 +5,7 @@ import pathlib
 
 from tests.helpers import run_python
 
-_BATCHNORM_ACROSS_DEVICES = '''
+_BATCHNORM_ACROSS_DEVICES = """
 import json
 import jax, jax.numpy as jnp, numpy as np
 from flax import nnx
@@ -37,7 +37,7 @@ print(json.dumps({
     'kinds': sorted({type(m).__name__
                      for _, m in pmap_step._modules(pmap_step.cross_device(Net()))}),
 }))
-'''
+"""
 
 
 def test_batchnorm_statistics_span_every_device():

@@ -164,9 +164,11 @@ def test_finding_sentence_needs_every_attribute():
     ('a 2 cm mass in the right upper lobe', 'Lung Lesion',
      dict(side='right', zone='upper', kind='mass', severity='mild')),
     ('small left pleural effusion', 'Pleural Effusion', dict(side='left', severity='mild')),
-    ('large bilateral pleural effusions', 'Pleural Effusion', dict(side='bilateral', severity='severe')),
+    ('large bilateral pleural effusions', 'Pleural Effusion',
+     dict(side='bilateral', severity='severe')),
     ('healed fracture of the left 7th rib', 'Fracture', dict(side='left', kind='healed', rib=7)),
-    ('displaced fracture of the right clavicle', 'Fracture', dict(side='right', kind='acute', rib=0)),
+    ('displaced fracture of the right clavicle', 'Fracture',
+     dict(side='right', kind='acute', rib=0)),
     ('left chest wall pacemaker', 'Support Devices', dict(side='left', kind='pacemaker')),
     ('bibasilar atelectasis', 'Atelectasis', dict(side='bilateral', zone='lower', severity='')),
     ('calcified granuloma in the lingula', 'calcified granuloma', dict(side='left', zone='middle')),
@@ -174,7 +176,8 @@ def test_finding_sentence_needs_every_attribute():
 def test_attributes_from_text(text, name, want):
     f = phantom_corpus.attributes_from_text(name, text)
     assert {k: getattr(f, k) for k in want} == want
-    assert phantom_corpus.attributes_from_text('Atelectasis', 'atelectasis', True).severity == 'mild'
+    assert (phantom_corpus.attributes_from_text('Atelectasis', 'atelectasis', True).severity
+            == 'mild')
 
 
 def _annotation(tmp_path, entries):
@@ -195,7 +198,8 @@ def test_iu_phantom_from_a_given_annotation(tmp_path):
     assert [(s.id, s.split, s.abnormal) for s in studies] == [
         ('a1', 'train', 1), ('a2', 'train', 0), ('b1', 'val', 1)]
     first = studies[0].meta['findings']
-    assert first.get('Pleural Effusion') == Finding('Pleural Effusion', side='left', severity='mild')
+    assert first.get('Pleural Effusion') == Finding('Pleural Effusion', side='left',
+                                                    severity='mild')
     assert first.get('Cardiomegaly') == Finding('Cardiomegaly', severity='mild')
     assert studies[2].meta['findings'].names == ('hiatal hernia',)
     assert studies[0].report == 'Small left pleural effusion. Mild cardiomegaly.'
@@ -217,10 +221,12 @@ def test_iu_phantom_bad_inputs(tmp_path):
 
 
 @needs_labeler
-@pytest.mark.skipif(not IU_ANNOTATION.is_file(), reason=f'shared IU X-ray data missing ({IU_ANNOTATION})')
+@pytest.mark.skipif(not IU_ANNOTATION.is_file(),
+                    reason=f'shared IU X-ray data missing ({IU_ANNOTATION})')
 def test_iu_phantom_on_the_shared_reports(monkeypatch):
     monkeypatch.setenv('JIMA_SHARED_DATA', str(SHARED))
-    studies = list(itertools.islice(phantom_corpus.iu_phantom_studies(_cfg(name='iu_phantom')), 300))
+    studies = list(itertools.islice(phantom_corpus.iu_phantom_studies(_cfg(name='iu_phantom')),
+                                    300))
     by_id = {s.id: s for s in studies}
     hernia = by_id['CXR2384_IM-0942'].meta['findings']  # "A large hiatal hernia ... Degenerative"
     assert hernia.get('hiatal hernia').severity == 'severe' and hernia.get('degenerative spine')

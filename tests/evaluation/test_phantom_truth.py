@@ -192,11 +192,11 @@ def test_phantom_version_is_part_of_the_fingerprint(monkeypatch):
 def test_eval_of_a_tiny_phantom_model_writes_the_keys(smoke_dataset, tmp_path):
     """Untrained smoke model (no training: seconds), generation + scoring + files."""
     from configs import smoke
-    from jima_jax.train import loop, validate
+    from jima_jax.train import run_setup, validate
     config = smoke.get_config()
     config.decode.max_len = 8
     config.decode.beam_size = 1
-    s = loop.setup(config, tmp_path, restore=False)
+    s = run_setup.setup(config, tmp_path, restore=False)
     out = tmp_path / 'eval'
     generate = validate.make_generate(s)
     results = validate.evaluate_split(s, generate, 'test', s.state,
@@ -234,18 +234,18 @@ def test_test_losses_and_image_reliance_are_plain_whatever_the_training_weights(
     loss and image reliance must be the plain per-token NLL, equal to an unweighted run's (same
     parameters), so that runs with and without reweighting compare on one scale."""
     from configs import smoke
-    from jima_jax.train import loop
+    from jima_jax.train import evaluate, run_setup, validate
     plain_cfg, weighted_cfg = smoke.get_config(), smoke.get_config()
     weighted_cfg.loss.token_weighting = 'inverse_power'
     weighted_cfg.loss.token_alpha = 1.0
     got = {}
     for name, cfg in (('plain', plain_cfg), ('weighted', weighted_cfg)):
-        s = loop.setup(cfg, tmp_path / name, restore=False)  # same seed: same initial params
-        eval_fn = loop.make_eval_fn(s)
-        as_trained = loop.evaluate_loss(s, eval_fn, 'test')
-        plain = loop.plain_loss_tables(s)
-        test = loop.evaluate_loss(s, eval_fn, 'test', tables=plain)
-        test.update(loop.image_reliance(s, eval_fn, 'test', test, tables=plain))
+        s = run_setup.setup(cfg, tmp_path / name, restore=False)  # same seed: same initial params
+        eval_fn = validate.make_eval_fn(s)
+        as_trained = validate.evaluate_loss(s, eval_fn, 'test')
+        plain = evaluate.plain_loss_tables(s)
+        test = validate.evaluate_loss(s, eval_fn, 'test', tables=plain)
+        test.update(evaluate.image_reliance(s, eval_fn, 'test', test, tables=plain))
         s.checkpointer.close()
         got[name] = (as_trained, test)
     (plain_trained, plain_test), (weighted_trained, weighted_test) = got['plain'], got['weighted']

@@ -1,5 +1,5 @@
 """The ResNet backbone and its layers: shapes, parameter counts, torchvision padding, PyTorch
-BatchNorm statistics, and the im2col convolution gradient."""
+BatchNorm statistics, and the convolution kernels of both kernel sets (portable, XLA:CPU)."""
 
 import functools
 import json
@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jima_jax.model.layers import BatchNorm, conv2d, max_pool_3x3_s2
+from jima_jax.model import layers, xla_cpu
+from jima_jax.model.layers import BatchNorm, max_pool_3x3_s2
 from jima_jax.model.resnet import ResNet, feature_dim
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[1] / 'fixtures' / 'torchvision'
@@ -96,27 +97,33 @@ def _random(shape, seed):
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
+CONV = {'portable': layers.conv2d, 'xla_cpu': xla_cpu.conv2d}
+
+
 @pytest.mark.parametrize('k,stride', [(7, 2), (3, 2), (3, 1), (1, 2), (1, 1)])
-@pytest.mark.parametrize('impl', ['xla', 'im2col'])
-def test_conv_pads_like_torchvision(k, stride, impl):
-    x, kernel = _random((2, 9, 10, 3), 0), _random((k, k, 3, 4), 1)
-    got = conv2d(jnp.asarray(x), jnp.asarray(kernel), stride, impl)
+@pytest.mark.parametrize('hw', [(9, 10), (2, 2), (3, 4)])  # 2x2 / 3x4: tiny output maps
+@pytest.mark.parametrize('kernels', sorted(CONV))
+def test_conv_pads_like_torchvision(k, stride, hw, kernels):
+    x, kernel = _random((2, *hw, 3), 0), _random((k, k, 3, 4), 1)
+    got = CONV[kernels](jnp.asarray(x), jnp.asarray(kernel), stride)
     np.testing.assert_allclose(got, _naive_conv(x, kernel, stride), rtol=1e-5, atol=1e-5)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _conv_and_grads(impl, stride, x, kernel, cotangent):
-    y, vjp = jax.vjp(lambda x_, k_: conv2d(x_, k_, stride, impl), x, kernel)
+def _conv_and_grads(kernels, stride, x, kernel, cotangent):
+    y, vjp = jax.vjp(lambda x_, k_: CONV[kernels](x_, k_, stride), x, kernel)
     return (y, *vjp(cotangent))
 
 
-@pytest.mark.parametrize('k,stride', [(7, 2), (3, 2), (3, 1)])
-def test_im2col_forward_and_gradients_equal_xla(k, stride):
-    x, kernel = jnp.asarray(_random((2, 11, 12, 5), 2)), jnp.asarray(_random((k, k, 5, 6), 3))
-    out_hw = (11 + 2 * (k // 2) - k) // stride + 1, (12 + 2 * (k // 2) - k) // stride + 1
+@pytest.mark.parametrize('k,stride,hw', [(7, 2, (11, 12)), (3, 2, (11, 12)), (3, 1, (11, 12)),
+                                         (3, 1, (2, 2)), (3, 2, (3, 4)), (7, 2, (4, 3))])
+def test_xla_cpu_conv_forward_and_gradients_equal_portable(k, stride, hw):
+    # (2, 2) / (3, 4) / (4, 3) inputs give output maps of <= 4 positions: the patch matmul.
+    x, kernel = jnp.asarray(_random((2, *hw, 5), 2)), jnp.asarray(_random((k, k, 5, 6), 3))
+    out_hw = [(n + 2 * (k // 2) - k) // stride + 1 for n in hw]
     cotangent = jnp.asarray(_random((2, *out_hw, 6), 4))
-    want = _conv_and_grads('xla', stride, x, kernel, cotangent)
-    got = _conv_and_grads('im2col', stride, x, kernel, cotangent)
+    want = _conv_and_grads('portable', stride, x, kernel, cotangent)
+    got = _conv_and_grads('xla_cpu', stride, x, kernel, cotangent)
     for name, a, b in zip(('y', 'dx', 'dkernel'), got, want):
         assert a.shape == b.shape, name
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()),
@@ -125,16 +132,15 @@ def test_im2col_forward_and_gradients_equal_xla(k, stride):
 
 @pytest.mark.parametrize('stride', [1, 2])
 def test_pointwise_conv_gradients_equal_autodiff_of_the_einsum(stride):
-    from jima_jax.model import layers
     x, kernel = jnp.asarray(_random((2, 6, 7, 5), 5)), jnp.asarray(_random((1, 1, 5, 3), 6))
     out_hw = (6 + stride - 1) // stride, (7 + stride - 1) // stride
     cotangent = jnp.asarray(_random((2, *out_hw, 3), 7))
 
     def einsum_conv(x_, k_):
-        return layers._einsum_pointwise_conv(x_[:, ::stride, ::stride, :], k_[0, 0])
+        return jnp.einsum('nhwc,co->nhwo', x_[:, ::stride, ::stride, :], k_[0, 0])
 
     y_ref, vjp_ref = jax.vjp(einsum_conv, x, kernel)
-    y, dx, dk = _conv_and_grads('xla', stride, x, kernel, cotangent)
+    y, dx, dk = _conv_and_grads('xla_cpu', stride, x, kernel, cotangent)  # the custom VJP
     np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-6)
     for name, got, want in zip(('dx', 'dkernel'), (dx, dk), vjp_ref(cotangent)):
         assert got.shape == want.shape, name
@@ -143,14 +149,14 @@ def test_pointwise_conv_gradients_equal_autodiff_of_the_einsum(stride):
         assert float(jnp.abs(dx[:, 1::2]).max()) == 0.0
 
 
-def _stage_fusion_reads(monkeypatch, keep_block_outputs: bool) -> int:
-    """Most block-output-sized inputs any fused kernel reads, in a compiled 6-block stage."""
+def _stage_fusion_reads(keep_block_outputs: bool) -> int:
+    """Most block-output-sized inputs any fused kernel reads, in a compiled 6-block stage (XLA:CPU
+    convolutions either way; the block outputs kept by `xla_cpu.materialize` or not)."""
     import re
-    from jima_jax.model import layers, resnet
-    if not keep_block_outputs:
-        monkeypatch.setattr(resnet, 'materialize', lambda x: x)
-    blocks = [resnet.Bottleneck(256, 64, 1, conv=lambda i, o, k, s: layers.Conv2d(
-        i, o, k, s, rngs=nnx.Rngs(n)), bn=layers.BatchNorm) for n in range(6)]
+    from jima_jax.model import resnet
+    blocks = [resnet.Bottleneck(256, 64, 1, conv=lambda i, o, k, s: xla_cpu.Conv2d(
+        i, o, k, s, rngs=nnx.Rngs(n)), bn=layers.BatchNorm,
+        kernels='xla_cpu' if keep_block_outputs else 'portable') for n in range(6)]
 
     def stage(x):
         for block in blocks:
@@ -165,27 +171,22 @@ def _stage_fusion_reads(monkeypatch, keep_block_outputs: bool) -> int:
 
 
 @pytest.mark.skipif(jax.default_backend() != 'cpu', reason='the fix is for XLA:CPU fusion')
-def test_block_outputs_are_read_not_recomputed_by_later_blocks(monkeypatch):
+def test_block_outputs_are_read_not_recomputed_by_later_blocks():
     # Without `materialize`, XLA:CPU fuses the whole residual chain into each block's kernels: the
     # k-th reads all k earlier convolution outputs (quadratic in stage depth; the ResNet-101
     # paper-shape step took 19.5 instead of 17.4 s). With it, no fused kernel reads more than a few.
-    assert _stage_fusion_reads(monkeypatch, keep_block_outputs=True) <= 3
-    assert _stage_fusion_reads(monkeypatch, keep_block_outputs=False) >= 6
+    assert _stage_fusion_reads(keep_block_outputs=True) <= 3
+    assert _stage_fusion_reads(keep_block_outputs=False) >= 6
 
 
 def test_materialize_is_the_identity_with_an_identity_gradient():
-    from jima_jax.model.layers import materialize
+    materialize = xla_cpu.materialize
     x = jnp.asarray(_random((2, 3, 3, 4), 8))
     y, vjp = jax.vjp(materialize, x)
     np.testing.assert_array_equal(y, x)
     g = jnp.asarray(_random((2, 3, 3, 4), 9))
     np.testing.assert_array_equal(vjp(g)[0], g)
     np.testing.assert_array_equal(jax.jit(materialize)(-x), -x)  # the other branch, same value
-
-
-def test_unknown_conv_impl_is_refused():
-    with pytest.raises(ValueError, match="model.conv_impl='cudnn'"):
-        conv2d(jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 1)), 1, 'cudnn')
 
 
 def test_max_pool_pads_with_minus_infinity():

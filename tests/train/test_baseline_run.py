@@ -8,7 +8,7 @@ import pytest
 
 from configs import smoke
 from jima_jax import predict
-from jima_jax.train import loop
+from jima_jax.train import checkpoint, evaluate, loop, run_setup
 
 
 def test_baseline_trains_with_a_k2_curriculum_evaluates_and_predicts(tmp_path, smoke_dataset):
@@ -27,11 +27,11 @@ def test_baseline_trains_with_a_k2_curriculum_evaluates_and_predicts(tmp_path, s
     assert scored and scored[-1]['curriculum/s1'] == scored[-1]['curriculum/s2']
     assert 'curriculum/k1_mean' not in scored[-1]
 
-    s = loop.setup(c, tmp_path)  # the checkpoint restores into the baseline's tree
+    s = run_setup.setup(c, tmp_path)  # the checkpoint restores into the baseline's tree
     s.checkpointer.close()
     assert set(s.state.params) == {'visual', 'report'} and int(jax.device_get(s.state.step)) == 4
 
-    out = loop.evaluate(c, tmp_path, 'test')  # --checkpoint=auto
+    out = evaluate.evaluate(c, tmp_path, 'test')  # --checkpoint=auto
     assert 'BLEU_4' in out and 'test/loss/report' in out and 'entity/f1' not in out
     results = json.loads((tmp_path / 'eval' / 'test' / 'results.json').read_text())
     assert (out['checkpoint'], out['step']) == ('latest', 4)
@@ -64,23 +64,44 @@ def test_early_stopping_stops_after_patience_and_a_resumed_run_stays_stopped(tmp
     c = smoke.get_config()
     c.train.num_epochs, c.train.steps_per_epoch = 6, 1
     c.train.early_stop_patience = 2
-    # The model never changes (no learning, frozen BatchNorm statistics): every validation loss
-    # ties with the first, so evaluations 2 and 3 do not improve and epoch 4 never starts.
-    c.optim.task1.lr = c.optim.task2.lr = 0.0
-    c.model.freeze_bn_stats = True
+    # Training lowers the validation loss, so with best_mode 'max' the first evaluation stays the
+    # best: evaluations 2 and 3 do not improve and epoch 4 never starts. (The smoke config as it
+    # is: test_export.py's in-process smoke run compiles the same programs, so the compilation
+    # cache has them. A tie counting as no improvement is checked by
+    # test_track_best_counts_evaluations_without_improvement.)
+    c.train.best_mode = 'max'
     result = loop.train_and_evaluate(c, tmp_path)
     assert (result['status'], result['step'], result['best_step']) == ('early_stopped', 3, 1)
+    rows = [json.loads(line) for line in (tmp_path / 'train_log.jsonl').read_text().splitlines()]
+    val = [r['val/loss/report'] for r in rows if 'val/loss/report' in r]
+    assert len(val) == 3 and val[0] > val[1] > val[2]  # no evaluation after the first improved
     summary = json.loads((tmp_path / 'train_summary.json').read_text())
     assert summary['status'] == 'early_stopped' and summary['step'] == 3
     again = loop.train_and_evaluate(c, tmp_path)
     assert (again['status'], again['step']) == ('early_stopped', 3)
     # --checkpoint=auto takes the recorded best (step 1), which results.json calls 'best'
-    assert loop.checkpoint_step(tmp_path, c.train, 'auto') == 1
-    assert loop.checkpoint_label('auto', 1) == 'best' == loop.checkpoint_label('best', 1)
-    assert loop.checkpoint_label('auto', None) == 'latest' == loop.checkpoint_label('latest', None)
-    assert loop.checkpoint_label('2', 2) == 2
+    assert checkpoint.checkpoint_step(tmp_path, c.train, 'auto') == 1
+    label = checkpoint.checkpoint_label
+    assert label('auto', 1) == 'best' == label('best', 1)
+    assert label('auto', None) == 'latest' == label('latest', None)
+    assert label('2', 2) == 2
     with pytest.raises(ValueError, match=r"--checkpoint='nine'.*\(or auto"):
-        loop.checkpoint_step(tmp_path, c.train, 'nine')
+        checkpoint.checkpoint_step(tmp_path, c.train, 'nine')
     c.train.early_stop_patience = -1
     with pytest.raises(ValueError, match='train.early_stop_patience=-1'):
-        loop.setup(c, tmp_path)
+        run_setup.setup(c, tmp_path)
+
+
+def test_rerunning_a_run_that_max_steps_stopped_trains_nothing_more(tmp_path, smoke_dataset):
+    """The same command again after train.max_steps: no step, no checkpoint, the same status."""
+    c = smoke.get_config()
+    c.train.num_epochs, c.train.steps_per_epoch, c.train.max_steps = 1, 4, 2
+    first = loop.train_and_evaluate(c, tmp_path)
+    assert (first['status'], first['step']) == ('max_steps', 2)
+    saved = sorted(p.name for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
+    again = loop.train_and_evaluate(c, tmp_path)
+    assert (again['status'], again['step']) == ('max_steps', 2)
+    assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()
+                  if p.name.isdigit()) == saved == ['2']
+    c.train.max_steps = 3  # a larger budget trains on from the saved position
+    assert loop.train_and_evaluate(c, tmp_path)['step'] == 3

@@ -85,7 +85,7 @@ def test_bad_settings_name_the_field(key, value):
 
 def test_pretraining_writes_a_backbone_that_training_starts_from(data_dir, tmp_path):
     from configs import smoke
-    from jima_jax.train import loop
+    from jima_jax.train import run_setup
     c = smoke.get_config()
     c.pretrain.steps = 3
     c.pretrain.batch_size = 8
@@ -100,7 +100,7 @@ def test_pretraining_writes_a_backbone_that_training_starts_from(data_dir, tmp_p
     fresh_model = resnet.torchvision_state(
         resnet.ResNet('resnet18', rngs=nnx.Rngs(params=c.seed)))
     assert any(not np.array_equal(weights[k], fresh_model[k]) for k in weights)  # it trained
-    _, params, stats = loop.build_model(c2, vocab_size=40)
+    _, params, stats = run_setup.build_model(c2, vocab_size=40)
     np.testing.assert_array_equal(params['visual']['conv1']['kernel'],
                                   weights['conv1.weight'].transpose(2, 3, 1, 0))
     np.testing.assert_array_equal(stats['visual']['bn1']['mean'], weights['bn1.running_mean'])

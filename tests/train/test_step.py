@@ -77,9 +77,9 @@ def test_task2_leaves_visual_and_entity_bit_identical_and_task1_leaves_report():
     tasks = step_lib.TaskUpdates(modeldef, c, VOCAB)
     tables = losses.LossTables.uniform(VOCAB)
     state = step_lib.init_train_state(c, params, stats)
-    epoch = jnp.int32(0)
-    after1, l1 = jax.jit(tasks.task1)(state, _batch(1, c), epoch, tables)
-    after2, l2 = jax.jit(tasks.task2)(after1, _batch(2, c), epoch, tables, jax.random.key(0))
+    epoch, key = jnp.int32(0), jax.random.key(0)
+    after1, l1 = jax.jit(tasks.task1)(state, _batch(1, c), epoch, tables, key)
+    after2, l2 = jax.jit(tasks.task2)(after1, _batch(2, c), epoch, tables, key)
     host1, host2, host0 = jax.device_get((after1, after2, state))
     # Task 2: f_R, f_E, their BatchNorm statistics and optimizer alpha untouched, bit for bit.
     for group in ('visual', 'entity'):
@@ -101,15 +101,11 @@ def test_fused_step_equals_task1_then_task2_and_donates_the_state():
     tables = losses.LossTables.uniform(VOCAB)
     state = step_lib.init_train_state(c, params, stats)
     a, b, epoch = _batch(3, c), _batch(4, c), jnp.int32(1)
-
-    @jax.jit
-    def composed(state, a, b, epoch, tables):
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        s1, l1 = tasks.task1(state, a, epoch, tables)
-        s2, l2 = tasks.task2(s1, b, epoch, tables, key)
-        return s2, l1, l2
-
-    expected, l1, l2 = jax.device_get(composed(state, a, b, epoch, tables))
+    # Task 1 then Task 2 as two programs (the ones test_task2_leaves_... and test_joint_and_baseline
+    # compile, so the compilation cache has them), with the step's key
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    s1, l1 = jax.jit(tasks.task1)(state, a, epoch, tables, key)
+    expected, l2 = jax.device_get(jax.jit(tasks.task2)(s1, b, epoch, tables, key))
     fused = jax.jit(step_lib.build_train_step(modeldef, c, VOCAB), donate_argnums=(0,))
     dev_state = jax.device_put(state)
     new_state, metrics = fused(dev_state, a, b, epoch, tables)
@@ -152,23 +148,26 @@ def test_unknown_mode_is_reported():
 
 _SCHEDULE_PROBE = """
 import json, os, sys
-import jax, jax.numpy as jnp, numpy as np
-from jima_jax.train import losses, parallel, step as step_lib
-from tests.train import test_step as t
-c, modeldef, params, stats = t._setup.__wrapped__()
+from jima_jax.train import parallel
+from tests.train import sharded_trajectory as st
+c = st.config(smooth=False, dropout=False)
 c.parallel.cpu_scheduler = sys.argv[1]
+from jax._src import xla_bridge
+early = not xla_bridge.backends_are_initialized()  # XLA reads XLA_FLAGS once, at its start
 parallel.use_cpu_scheduler(c.parallel)
+import jax, jax.numpy as jnp, numpy as np
+from jima_jax.train import losses, step as step_lib
+modeldef, state = st.model_and_state(c)
 mesh = parallel.make_mesh(c.parallel)
-state = step_lib.init_train_state(c, params, stats)
 sharding = parallel.state_shardings(mesh, state, c.parallel)
-step = step_lib.jit_train_step(step_lib.build_train_step(modeldef, c, t.VOCAB), mesh, sharding)
-args = (jax.device_put(state, sharding), t._batch(5, c), t._batch(6, c), jnp.int32(0),
-        losses.LossTables.uniform(t.VOCAB))
+step = step_lib.jit_train_step(step_lib.build_train_step(modeldef, c, st.VOCAB), mesh, sharding)
+args = (jax.device_put(state, sharding), *st.batches(c, 2), jnp.int32(0),
+        losses.LossTables.uniform(st.VOCAB))
 compiled = step.lower(*args).compile()
 state, metrics = compiled(*args)
 leaves = [np.asarray(x).tobytes().hex() for x in jax.tree.leaves(jax.device_get(state.params))]
 print(json.dumps(dict(loss=float(metrics['loss/report']), params=hash(tuple(leaves)),
-                      flags=os.environ.get('XLA_FLAGS', ''))))
+                      flags=os.environ.get('XLA_FLAGS', ''), early=early)))
 """
 
 
@@ -190,7 +189,9 @@ def _probe(script: str, choices, env: dict, timeout: int) -> dict:
 
 def test_memory_scheduler_gives_the_same_step_bit_for_bit():
     # Its memory saving shows at real shapes only (benchmarks/train_step.py: 6.7 -> 5.7 GB at
-    # the paper shape); here it must change nothing but the op order.
+    # the paper shape); here it must change nothing but the op order. The step is
+    # test_sharding.py's one-device training-mode step, which the cache may hold already for
+    # the default scheduler.
     env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
     env['PYTHONHASHSEED'] = '0'
     env['JAX_PLATFORMS'] = 'cpu'  # the flag is for XLA:CPU only
@@ -199,6 +200,7 @@ def test_memory_scheduler_gives_the_same_step_bit_for_bit():
     assert out['memory']['params'] == out['concurrency']['params']
     assert 'concurrency_optimized_scheduler=false' in out['memory']['flags']
     assert out['concurrency']['flags'] == ''
+    assert out['memory']['early']  # the flag was set before XLA started, so XLA used it
 
 
 def test_cpu_scheduler_goes_into_xla_flags_unless_the_user_set_it(monkeypatch):

@@ -15,10 +15,10 @@ from jima_jax.data.types import RawStudy
 
 # data.name -> "module:class" of its StudyBuilder subclass.
 DATASETS = {
-    "phantom": "jima_jax.data.builders.phantom:Phantom",
-    "iu_phantom": "jima_jax.data.builders.phantom:IuPhantom",
-    "iu_xray": "jima_jax.data.builders.iu_xray:IuXray",
-    "mimic_cxr": "jima_jax.data.builders.mimic_cxr:MimicCxr",
+    'phantom': 'jima_jax.data.builders.phantom:Phantom',
+    'iu_phantom': 'jima_jax.data.builders.phantom:IuPhantom',
+    'iu_xray': 'jima_jax.data.builders.iu_xray:IuXray',
+    'mimic_cxr': 'jima_jax.data.builders.mimic_cxr:MimicCxr',
 }
 NAMES = tuple(DATASETS)
 
@@ -26,13 +26,13 @@ NAMES = tuple(DATASETS)
 def builder_class(name: str):
     """The StudyBuilder subclass serving `data.name == name`."""
     if name not in DATASETS:
-        raise ValueError(f"No builder for data.name={name!r}; expected one of {list(NAMES)} "
-                         "(registered in jima_jax/data/builders/__init__.py).")
-    module, cls = DATASETS[name].split(":")
+        raise ValueError(f'No builder for data.name={name!r}; expected one of {list(NAMES)} '
+                         '(registered in jima_jax/data/builders/__init__.py).')
+    module, cls = DATASETS[name].split(':')
     found = getattr(importlib.import_module(module), cls)
     if found.name != name:
-        raise ValueError(f"{module}.{cls}.name is {found.name!r}, but jima_jax/data/builders/"
-                         f"__init__.py registers it as {name!r}; make the two agree.")
+        raise ValueError(f'{module}.{cls}.name is {found.name!r}, but jima_jax/data/builders/'
+                         f'__init__.py registers it as {name!r}; make the two agree.')
     return found
 
 

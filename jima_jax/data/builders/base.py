@@ -37,7 +37,7 @@ from jima_jax.data.types import NUM_OBSERVATIONS, PAD_ID, SPLITS, UNK_ID, RawStu
 from jima_jax.data.images import (  # noqa: F401  (prepare-time resizing, TF-free)
     RESIZE_MODES, check_resize, fit_views)
 
-TOKENIZER_FILE = "tokenizer.model"
+TOKENIZER_FILE = 'tokenizer.model'
 
 
 @dataclasses.dataclass
@@ -59,7 +59,7 @@ def entity_ids(words: Iterable[str], tokenizer: Tokenizer, max_entities: int) ->
     """Entity words -> unique vocabulary ids (unigram mode: every piece of the word), -1 padded."""
     ids: dict[int, None] = {}
     for w in words:
-        for i in ([tokenizer.token_to_id(w)] if tokenizer.mode == "word" else tokenizer.encode(w)):
+        for i in ([tokenizer.token_to_id(w)] if tokenizer.mode == 'word' else tokenizer.encode(w)):
             if i not in (UNK_ID, PAD_ID):
                 ids.setdefault(int(i))
     out = np.full(max_entities, -1, np.int32)
@@ -71,19 +71,19 @@ def entity_ids(words: Iterable[str], tokenizer: Tokenizer, max_entities: int) ->
 class StudyBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Generic builder over `RawStudy` records (see the module docstring)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial jima_jax prepared format."}
+    VERSION = tfds.core.Version('1.0.0')
+    RELEASE_NOTES = {'1.0.0': 'Initial jima_jax prepared format.'}
     DEVICES_ARE_ABNORMAL = True
     TRUTH_COLUMNS: tuple[str, ...] = ()  # names of the `truth_labels` columns; () = none stored
 
     def __init_subclass__(cls, **kwargs):
-        kwargs.setdefault("skip_registration", True)
+        kwargs.setdefault('skip_registration', True)
         super().__init_subclass__(**kwargs)
 
     def __init__(self, *, data_cfg, data_dir: str, extras_dir: Optional[str] = None, **kwargs):
         self.data_cfg = data_cfg
         self.extras_dir = extras_dir
-        self.skipped: dict[str, list[str]] = {"empty_report": [], "bad_images": []}
+        self.skipped: dict[str, list[str]] = {'empty_report': [], 'bad_images': []}
         self.tokenizer: Optional[Tokenizer] = None
         super().__init__(data_dir=data_dir, **kwargs)
 
@@ -91,8 +91,8 @@ class StudyBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     @classmethod
     def read_studies(cls, data_cfg) -> Iterable[RawStudy]:
         """The dataset's RawStudy records, read from files already in place."""
-        raise NotImplementedError(f"{cls.__name__} defines no read_studies(data_cfg): say where "
-                                  "its studies come from (or override studies(dl_manager)).")
+        raise NotImplementedError(f'{cls.__name__} defines no read_studies(data_cfg): say where '
+                                  'its studies come from (or override studies(dl_manager)).')
 
     def studies(self, dl_manager: tfds.download.DownloadManager) -> Iterable[RawStudy]:
         """The RawStudy records to prepare (default: `read_studies(data_cfg)`)."""
@@ -108,25 +108,25 @@ class StudyBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _info(self) -> tfds.core.DatasetInfo:
         c = self.data_cfg
         features = {
-            "id": tfds.features.Text(),
-            "report": tfds.features.Text(),
-            "tokens": tfds.features.Tensor(shape=(c.max_len,), dtype=np.int32),
-            "length": tfds.features.Scalar(dtype=np.int32),
-            "entities": tfds.features.Tensor(shape=(c.max_entities,), dtype=np.int32),
-            "abnormal": tfds.features.Scalar(dtype=np.int32),
-            "labels": tfds.features.Tensor(shape=(NUM_OBSERVATIONS,), dtype=np.int32),
+            'id': tfds.features.Text(),
+            'report': tfds.features.Text(),
+            'tokens': tfds.features.Tensor(shape=(c.max_len,), dtype=np.int32),
+            'length': tfds.features.Scalar(dtype=np.int32),
+            'entities': tfds.features.Tensor(shape=(c.max_entities,), dtype=np.int32),
+            'abnormal': tfds.features.Scalar(dtype=np.int32),
+            'labels': tfds.features.Tensor(shape=(NUM_OBSERVATIONS,), dtype=np.int32),
         }
         if self.TRUTH_COLUMNS:
-            features["truth_labels"] = tfds.features.Tensor(shape=(len(self.TRUTH_COLUMNS),),
+            features['truth_labels'] = tfds.features.Tensor(shape=(len(self.TRUTH_COLUMNS),),
                                                             dtype=np.int32)
         if not c.reports_only:
-            features["images"] = tfds.features.Tensor(
+            features['images'] = tfds.features.Tensor(
                 shape=(c.num_views, c.image_size, c.image_size), dtype=np.uint8,
                 encoding=tfds.features.Encoding.ZLIB)
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict(features), disable_shuffling=True,
-            description=f"jima_jax prepared '{c.name}' (cleaned reports, token ids, labels, entities"
-                        + ("" if c.reports_only else ", views") + ").")
+            description=f"jima_jax prepared '{c.name}' (cleaned reports, token ids, labels, "
+                        'entities' + ('' if c.reports_only else ', views') + ').')
 
     def _split_generators(self, dl_manager):
         rows = self._text_rows(list(self.studies(dl_manager)))
@@ -139,21 +139,21 @@ class StudyBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                            entities=row.entities, abnormal=row.abnormal,
                            labels=row.labels.astype(np.int32))
             if self.TRUTH_COLUMNS:
-                example["truth_labels"] = row.truth.astype(np.int32)
+                example['truth_labels'] = row.truth.astype(np.int32)
             if not c.reports_only:
                 try:
                     if row.load_views is None:
-                        raise sources.BadStudyError(f"study {row.id}: the source gives no images.")
-                    example["images"] = fit_views(row.load_views(), c.num_views, c.image_size,
-                                                  c.get("resize", "square"))
+                        raise sources.BadStudyError(f'study {row.id}: the source gives no images.')
+                    example['images'] = fit_views(row.load_views(), c.num_views, c.image_size,
+                                                  c.get('resize', 'square'))
                 except (sources.BadStudyError, ValueError) as e:
-                    if not getattr(c, "skip_bad_studies", False):
+                    if not getattr(c, 'skip_bad_studies', False):
                         raise sources.BadStudyError(
-                            f"{e} Fix or remove the file, or set data.skip_bad_studies=True to skip "
-                            "such studies.") from e
-                    self.skipped["bad_images"].append(row.id)
+                            f'{e} Fix or remove the file, or set data.skip_bad_studies=True to '
+                            'skip such studies.') from e
+                    self.skipped['bad_images'].append(row.id)
                     continue
-            yield f"{index:09d}", example
+            yield f'{index:09d}', example
 
     # ------------------------------------------------------------------ text side
     def _text_rows(self, studies: list[RawStudy]) -> dict[str, list[Row]]:
@@ -162,40 +162,45 @@ class StudyBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         cleaned: list[tuple[RawStudy, str]] = []
         for s in studies:
             if s.split not in SPLITS:
-                raise ValueError(f"study {s.id}: split {s.split!r} is not one of {SPLITS}.")
+                raise ValueError(f'study {s.id}: split {s.split!r} is not one of {SPLITS}.')
             if s.id in seen:
-                raise ValueError(f"study id {s.id} occurs twice in the source; ids must be unique.")
+                raise ValueError(f'study id {s.id} occurs twice in the source; ids must be unique.')
             seen.add(s.id)
-            text = cleaning.clean_report(s.report) if isinstance(s.report, str) else ""
+            text = cleaning.clean_report(s.report) if isinstance(s.report, str) else ''
             if not text:
-                if not getattr(c, "skip_bad_studies", False):
-                    raise ValueError(f"study {s.id}: empty or unreadable report ({s.report!r:.60}); fix "
-                                     "the source or set data.skip_bad_studies=True to skip it.")
-                self.skipped["empty_report"].append(s.id)
+                if not getattr(c, 'skip_bad_studies', False):
+                    raise ValueError(f'study {s.id}: empty or unreadable report '
+                                     f'({s.report!r:.60}); fix the source or set '
+                                     'data.skip_bad_studies=True to skip it.')
+                self.skipped['empty_report'].append(s.id)
                 continue
             cleaned.append((s, text))
-        train = [t for s, t in cleaned if s.split == "train"]
+        train = [t for s, t in cleaned if s.split == 'train']
         if not train:
-            raise ValueError(f"dataset {c.name}: no training studies with a report; cannot train the tokenizer.")
-        tok = Tokenizer.train(train, mode=c.tokenizer, min_count=c.min_count, vocab_size=c.vocab_size)
+            raise ValueError(f'dataset {c.name}: no training studies with a report; cannot train '
+                             'the tokenizer.')
+        tok = Tokenizer.train(train, mode=c.tokenizer, min_count=c.min_count,
+                              vocab_size=c.vocab_size)
         self.tokenizer = tok
         if self.extras_dir:
-            tok.save(f"{self.extras_dir}/{TOKENIZER_FILE}")
+            tok.save(f'{self.extras_dir}/{TOKENIZER_FILE}')
         labels = labeler.label_reports(t for _, t in cleaned)
         rows: dict[str, list[Row]] = {split: [] for split in SPLITS}
         for (s, text), lab in zip(cleaned, labels):
             ids = tok.encode(text)[:c.max_len]
             tokens = np.full(c.max_len, PAD_ID, np.int32)
             tokens[:len(ids)] = ids
-            words = s.entities if c.entities == "annotation" else entities.extract_entities(text)
+            words = s.entities if c.entities == 'annotation' else entities.extract_entities(text)
             if words is None:
-                raise ValueError(f"study {s.id}: data.entities='annotation' but the source gives no entities.")
-            if c.abnormal_from == "dataset" and s.abnormal is not None:
+                raise ValueError(f"study {s.id}: data.entities='annotation' but the source gives "
+                                 "no entities.")
+            if c.abnormal_from == 'dataset' and s.abnormal is not None:
                 abnormal = int(s.abnormal)
-            elif c.abnormal_from in ("dataset", "labeler"):
+            elif c.abnormal_from in ('dataset', 'labeler'):
                 abnormal = int(labeler.abnormal_from_labels(lab, devices=self.DEVICES_ARE_ABNORMAL))
             else:
-                raise ValueError(f"data.abnormal_from must be 'dataset' or 'labeler', got {c.abnormal_from!r}.")
+                raise ValueError("data.abnormal_from must be 'dataset' or 'labeler', got "
+                                 f"{c.abnormal_from!r}.")
             rows[s.split].append(Row(id=s.id, report=text, tokens=tokens, length=len(ids),
                                      entities=entity_ids(words, tok, c.max_entities),
                                      abnormal=abnormal, labels=lab, load_views=s.load_views,

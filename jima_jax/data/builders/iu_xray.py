@@ -13,15 +13,15 @@ from jima_jax.data.types import RawStudy
 
 # The public OpenI archives; fetched only by an explicit download (prepare --download).
 OPENI_URLS = {
-    "reports": "https://openi.nlm.nih.gov/imgs/collections/NLMCXR_reports.tgz",
-    "png": "https://openi.nlm.nih.gov/imgs/collections/NLMCXR_png.tgz",
+    'reports': 'https://openi.nlm.nih.gov/imgs/collections/NLMCXR_reports.tgz',
+    'png': 'https://openi.nlm.nih.gov/imgs/collections/NLMCXR_png.tgz',
 }
 
 
 class IuXray(StudyBuilder):
     """IU X-ray: MeSH "normal" is the normal label; devices count as abnormal (MeSH convention)."""
 
-    name = "iu_xray"
+    name = 'iu_xray'
     DEVICES_ARE_ABNORMAL = True
     allow_download = False  # set by prepare_dataset(download=True)
 
@@ -36,11 +36,12 @@ class IuXray(StudyBuilder):
         reports = sources.openi_reports_path(c)
         png_dir = None if c.reports_only else self._png_dir(dl_manager, reports)
         if reports is None and self.allow_download:
-            urls = {k: getattr(c.openi_urls, k, "") or v for k, v in OPENI_URLS.items()}
-            reports = pathlib.Path(dl_manager.download(urls["reports"]))
+            urls = {k: getattr(c.openi_urls, k, '') or v for k, v in OPENI_URLS.items()}
+            reports = pathlib.Path(dl_manager.download(urls['reports']))
             if not c.reports_only:
-                png_dir = pathlib.Path(dl_manager.download_and_extract(urls["png"]))
-        return sources.iu_xray_studies(c, openi_reports=reports, openi_png_dir=png_dir and _png_root(png_dir))
+                png_dir = pathlib.Path(dl_manager.download_and_extract(urls['png']))
+        return sources.iu_xray_studies(c, openi_reports=reports,
+                                       openi_png_dir=png_dir and _png_root(png_dir))
 
     def _png_dir(self, dl_manager, reports: Optional[pathlib.Path]) -> Optional[pathlib.Path]:
         """An extracted NLMCXR_png/ next to the reports, else NLMCXR_png.tgz extracted by tfds."""

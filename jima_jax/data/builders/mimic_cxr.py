@@ -10,7 +10,7 @@ class MimicCxr(StudyBuilder):
     """MIMIC-CXR: normal iff "No Finding" (official CheXpert labels, else our labeler); support
     devices alone do not make a study abnormal (the paper's convention)."""
 
-    name = "mimic_cxr"
+    name = 'mimic_cxr'
     DEVICES_ARE_ABNORMAL = False
 
     @classmethod

@@ -13,8 +13,9 @@ from jima_jax.data import phantom_corpus
 from jima_jax.data.builders.base import StudyBuilder
 from jima_jax.data.types import RawStudy
 
-_NOTES = {"1.0.0": "Phantom renderer and report grammar v1 (jima_jax.data.phantom, phantom_corpus).",
-          "1.1.0": "Adds truth_labels: the findings each image was drawn from."}
+_NOTES = {'1.0.0': 'Phantom renderer and report grammar v1 (jima_jax.data.phantom, '
+                   'phantom_corpus).',
+          '1.1.0': 'Adds truth_labels: the findings each image was drawn from.'}
 
 
 class _DrawnTruth:
@@ -23,7 +24,7 @@ class _DrawnTruth:
     TRUTH_COLUMNS = phantom_corpus.TRUTH_COLUMNS
 
     def truth_labels(self, study: RawStudy) -> np.ndarray:
-        findings = study.meta.get("findings")
+        findings = study.meta.get('findings')
         if findings is None:
             raise ValueError(f"study {study.id}: a phantom source must put its drawn findings in "
                              "RawStudy.meta['findings'] (see phantom_corpus._study).")
@@ -33,7 +34,7 @@ class _DrawnTruth:
 class Phantom(_DrawnTruth, StudyBuilder):
     """The built-in synthetic corpus (data.phantom.*): sampled findings -> images and reports."""
 
-    name = "phantom"
+    name = 'phantom'
     VERSION = tfds.core.Version(phantom_corpus.VERSION)
     RELEASE_NOTES = _NOTES
     DEVICES_ARE_ABNORMAL = True  # a device is a finding of the phantom, as in IU's MeSH labels
@@ -46,7 +47,7 @@ class Phantom(_DrawnTruth, StudyBuilder):
 class IuPhantom(_DrawnTruth, StudyBuilder):
     """IU X-ray report text with phantom images of the findings each report states."""
 
-    name = "iu_phantom"
+    name = 'iu_phantom'
     VERSION = tfds.core.Version(phantom_corpus.VERSION)
     RELEASE_NOTES = _NOTES
     DEVICES_ARE_ABNORMAL = True
