@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 PLATFORM ?= cpu
 DEMO_DIR ?= runs/demo
 DEMO_CONFIG ?= configs/demo.py
-PYTEST_ARGS ?= -n 2 --dist loadfile --no-loadscope-reorder
+PYTEST_ARGS ?= -n 2 --dist loadfile --no-loadscope-reorder -m 'not bench'
 DEPS_PYTHONS ?= python3.11 python3.12
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
 export JIMA_DATA_DIR ?= $(CURDIR)/.cache/data
@@ -25,7 +25,7 @@ PY_TAG := $(or $(shell $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) -
 LOCK := requirements/$(PY_TAG)-$(PLATFORM).txt
 INSTALLED := $(VENV)/.installed-$(PY_TAG)-$(PLATFORM)
 
-.PHONY: demo test lint bench install install-cuda install-tpu deps-upgrade clean-venv
+.PHONY: demo test test-bench lint bench install install-cuda install-tpu deps-upgrade clean-venv
 
 define check_python
 @$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else \
@@ -83,6 +83,12 @@ lint: $(INSTALLED)
 
 test: $(INSTALLED)
 	$(VENV_PATH) $(BIN)/python -m pytest $(PYTEST_ARGS) tests
+
+# The PyTorch reference's own tests (pytest mark `bench`): the `bench` extra (torch + torchvision;
+# on Linux x86-64 PyPI serves the CUDA build, a few GB) into the venv, then those tests only.
+test-bench: $(INSTALLED)
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e ".[bench]"
+	$(VENV_PATH) $(BIN)/python -m pytest -p no:xdist -m bench tests
 
 bench: $(INSTALLED)
 	$(VENV_PATH) $(BIN)/python -m benchmarks.run --suite cpu

@@ -30,7 +30,7 @@ import sys
 import time
 
 RESULTS_DIR = pathlib.Path(__file__).parent / 'results'
-# The environment equivalent of `parallel.use_cpu_malloc`: one heap, no mmap, never trimmed.
+# The environment equivalent of `cpu_host.use_cpu_malloc`: one heap, no mmap, never trimmed.
 REUSE_TUNABLES = ('glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:'
                   'glibc.malloc.trim_threshold=68719476736')
 
@@ -54,10 +54,10 @@ def _timed(tasks, steps: int) -> dict:
 
 def _measure_jax(steps: int, allocator: str) -> dict:
     from configs import default
-    from jima_jax.train import parallel
+    from jima_jax.runtime import cpu_host
     pcfg = default.get_config().parallel
     pcfg.cpu_malloc = allocator
-    parallel.configure_cpu_host(pcfg)  # as `jima_jax.main` does, before JAX starts
+    cpu_host.configure_cpu_host(pcfg)  # as `jima_jax.main` does, before JAX starts
     import jax
     import jax.numpy as jnp
     import optax

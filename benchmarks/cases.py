@@ -19,9 +19,10 @@ from flax import nnx
 
 from benchmarks import hardware, pmap_step
 from configs import default
-from jima_jax.data.types import EOS_ID
 from jima_jax.model import jima
-from jima_jax.train import losses, parallel, step as step_lib
+from jima_jax.runtime import parallel
+from jima_jax.text.symbols import EOS_ID
+from jima_jax.train import losses, step as step_lib
 
 SHAPES = {
     # The smoke network (ResNet-18, one-layer Transformer of width 64) at 32 px: small enough that

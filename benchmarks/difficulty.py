@@ -103,7 +103,8 @@ def build_programs(spec: dict, count: int) -> types.SimpleNamespace:
     from flax import nnx
 
     from jima_jax.model import jima
-    from jima_jax.train import difficulty, losses, parallel, step as step_lib
+    from jima_jax.runtime import parallel
+    from jima_jax.train import difficulty, losses, step as step_lib
 
     c = _config(spec)
     model = jima.JIMA(c.model, vocab_size=spec['vocab'], num_views=spec['views'],

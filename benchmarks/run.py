@@ -156,8 +156,8 @@ def main(argv=None) -> int:
     if args._child:
         from benchmarks import cases
         from configs import default
-        from jima_jax.train import parallel
-        parallel.configure_cpu_host(default.get_config().parallel)  # as `jima_jax.main` does
+        from jima_jax.runtime import cpu_host
+        cpu_host.configure_cpu_host(default.get_config().parallel)  # as `jima_jax.main` does
         job = json.loads(args._child)
         for row in cases.CASES[job['case']](job):
             print(ROW_PREFIX + json.dumps(row), flush=True)

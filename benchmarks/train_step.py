@@ -40,7 +40,8 @@ def _run_case(name: str, steps: int, mode: str, kernels: str, dtype: str,
 
     from configs import default
     from jima_jax.model import jima
-    from jima_jax.train import losses, parallel, step as step_lib
+    from jima_jax.runtime import cpu_host, parallel
+    from jima_jax.train import losses, step as step_lib
 
     spec = CASES[name]
     cfg = default.get_config()
@@ -49,7 +50,7 @@ def _run_case(name: str, steps: int, mode: str, kernels: str, dtype: str,
     cfg.model.dtype = dtype
     cfg.model.remat_backbone = remat
     cfg.parallel.cpu_malloc = cpu_malloc
-    parallel.configure_cpu_host(cfg.parallel)  # as `jima_jax.main` does, before JAX computes
+    cpu_host.configure_cpu_host(cfg.parallel)  # as `jima_jax.main` does, before JAX computes
     cfg.train.mode = mode
     cfg.data.max_len = spec['length']
     cfg.input.batch_size = spec['batch']

@@ -167,10 +167,10 @@ def _jax_unit(job: dict):
     """jima_jax, set up as `jima_jax.main` does: (run one unit, extras of its last output,
     facts, studies per unit)."""
     from configs import default
-    from jima_jax.train import parallel
+    from jima_jax.runtime import cpu_host
     pcfg = default.get_config().parallel
-    parallel.use_cpu_scheduler(pcfg)
-    malloc_applied = parallel.use_cpu_malloc(pcfg)
+    cpu_host.use_cpu_scheduler(pcfg)
+    malloc_applied = cpu_host.use_cpu_malloc(pcfg)
     import jax
     import numpy as np
 

@@ -128,10 +128,10 @@ def run(args) -> None:
     import jax.numpy as jnp
     import ml_collections
     from jima_jax import decode
-    from jima_jax.data import labeler
     from jima_jax.data.pipeline import decoder_tokens
-    from jima_jax.data.types import LABEL_POSITIVE, LABEL_UNCERTAIN, OBSERVATIONS
     from jima_jax.model import jima
+    from jima_jax.text import labeler
+    from jima_jax.text.symbols import LABEL_POSITIVE, LABEL_UNCERTAIN, OBSERVATIONS
     from jima_jax.train import losses, step as step_lib
     from flax import nnx
 

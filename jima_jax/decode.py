@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jima_jax.data.types import BOS_ID, EOS_ID, PAD_ID
 from jima_jax.model import jima
+from jima_jax.text.symbols import BOS_ID, EOS_ID, PAD_ID
 
 StepFn = Callable[[jax.Array, Any], tuple[jax.Array, Any]]
 

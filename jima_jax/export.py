@@ -71,11 +71,11 @@ def sha256(path: pathlib.Path) -> str:
 def labeler_version() -> str:
     """The report labeler's identity: a hash of its source and lexicon, since CE scores (and the
     card's metrics) change with either."""
-    from jima_jax.data import labeler, lexicon
+    from jima_jax.text import labeler, lexicon
     h = hashlib.sha256()
     for module in (labeler, lexicon):
         h.update(pathlib.Path(module.__file__).read_bytes())
-    return f'jima_jax.data.labeler sha256:{h.hexdigest()[:16]}'
+    return f'jima_jax.text.labeler sha256:{h.hexdigest()[:16]}'
 
 
 def package_version() -> str:
@@ -111,10 +111,11 @@ def _restore(config, workdir: pathlib.Path, which: str, vocab_size: int):
     latest or a step), restored onto one device, without the dataset."""
     import jax
     import ml_collections
-    from jima_jax import exported
-    from jima_jax.train import checkpoint, parallel, step as step_lib
+    from jima_jax.model import jima
+    from jima_jax.runtime import parallel
+    from jima_jax.train import checkpoint, step as step_lib
     chosen = checkpoint.checkpoint_step(workdir, config.train, which)
-    _, params, stats = step_lib.split_model(exported.build_model(config, vocab_size))
+    _, params, stats = step_lib.split_model(jima.build(config, vocab_size, abstract=True))
     host_state = jax.eval_shape(lambda p, s: step_lib.init_train_state(config, p, s),
                                 params, stats)  # shapes only: nothing is initialised
     one = ml_collections.ConfigDict(config.parallel.to_dict())
@@ -260,8 +261,9 @@ def _same_model(a: dict, b: dict) -> bool:
 
 def _write(folder: pathlib.Path, config, workdir: pathlib.Path, which: str) -> dict:
     """Writes every file of the export into `folder`; returns its manifest."""
-    from jima_jax.data import prepare, tables as tables_lib
-    from jima_jax.data.tokenizer import Tokenizer
+    from jima_jax.data import prepare
+    from jima_jax.text import tables as tables_lib
+    from jima_jax.text.tokenizer import Tokenizer
     prepared_dir = prepare.prepared_dir(config.data)
     if not (prepared_dir / prepare.MANIFEST).is_file():
         raise FileNotFoundError(

@@ -23,18 +23,6 @@ _REEXPORT = ('Copy the whole export folder again, or export the run again '
              '(python -m jima_jax.main --config ... --workdir RUN --mode export --force).')
 
 
-def build_model(config, vocab_size: int, *, abstract: bool = True):
-    """The JIMA module of `config` (shapes only when `abstract`: parameters are loaded after)."""
-    from flax import nnx
-    from jima_jax.model import jima
-
-    def make():
-        return jima.JIMA(config.model, vocab_size=vocab_size, num_views=config.data.num_views,
-                         max_len=config.data.max_len + 1, rngs=nnx.Rngs(params=config.seed))
-
-    return nnx.eval_shape(make) if abstract else make()
-
-
 def _config(saved: dict) -> ml_collections.ConfigDict:
     """The saved config, with the tuples JSON turned into lists made tuples again."""
     from jima_jax.configs import default
@@ -121,8 +109,9 @@ class ExportedModel:
     def load(cls, folder) -> 'ExportedModel':
         import jax
         from jima_jax import decode
-        from jima_jax.data import tables as tables_lib
-        from jima_jax.data.tokenizer import Tokenizer
+        from jima_jax.model import jima
+        from jima_jax.text import tables as tables_lib
+        from jima_jax.text.tokenizer import Tokenizer
         from jima_jax.train import step as step_lib
         folder = pathlib.Path(folder)
         manifest = verify(folder)
@@ -135,7 +124,8 @@ class ExportedModel:
                              f'{_REEXPORT}') from None
         tokenizer = Tokenizer.load(folder / export_lib.TOKENIZER)
         tables_lib.FrequencyTables.load(folder / export_lib.TABLES_STEM, tokenizer.fingerprint)
-        modeldef, params, stats = step_lib.split_model(build_model(config, tokenizer.vocab_size))
+        modeldef, params, stats = step_lib.split_model(
+            jima.build(config, tokenizer.vocab_size, abstract=True))
         params, stats = _load_params(folder / export_lib.PARAMS, params, stats)
         generate = jax.jit(decode.make_generate_fn(modeldef, config, tokenizer.vocab_size))
         return cls(folder, config, tokenizer, card, int(manifest.get('step', -1)), generate,

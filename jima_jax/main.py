@@ -79,7 +79,7 @@ _VERBOSE = flags.DEFINE_bool('verbose', False, 'On an error, print the full trac
 
 def _join_job() -> None:
     """Multi-process start-up; runs before anything touches a JAX backend."""
-    from jima_jax.train import distributed
+    from jima_jax.runtime import distributed
     try:
         cluster = distributed.resolve(
             _DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
@@ -125,9 +125,9 @@ def _run(argv):
         config, taken = run_config.apply_saved(config, _WORKDIR.value, sys.argv, _MODE.value)
         if taken:
             print(f'{_WORKDIR.value}/config.json: using the run\'s {", ".join(taken)}', flush=True)
-    from jima_jax.train import parallel
+    from jima_jax.runtime import cpu_host
     try:
-        parallel.configure_cpu_host(config.parallel)  # before JAX starts its backends
+        cpu_host.configure_cpu_host(config.parallel)  # before JAX starts its backends
     except ValueError as e:
         raise app.UsageError(str(e)) from e
     if _MODE.value == 'export':
@@ -136,7 +136,8 @@ def _run(argv):
     _join_job()
     import jax
     from jima_jax.data import prepare
-    from jima_jax.train import distributed, evaluate, loop, reporting
+    from jima_jax.runtime import distributed
+    from jima_jax.train import evaluate, loop, reporting
     distributed.process_zero_first(lambda: prepare.prepare_dataset(config.data), 'prepare')
     main_process = jax.process_index() == 0
     if _MODE.value == 'pretrain':

@@ -30,7 +30,8 @@ import numpy as np
 
 from jima_jax import atomic
 from jima_jax.data import sources
-from jima_jax.data.types import NUM_OBSERVATIONS, PreparedSplit
+from jima_jax.data.types import PreparedSplit
+from jima_jax.text.symbols import NUM_OBSERVATIONS
 from jima_jax.train import validate
 
 PREDICT_SPLIT = 'predict'  # studies from image files: written to <workdir>/predict/predict.jsonl

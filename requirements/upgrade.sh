@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 platform=${DEPS_PLATFORM:-cpu}
 read -r -a check_tests <<< "${DEPS_CHECK_TESTS:-tests/test_configs.py tests/test_launch.py \
-tests/data/test_tokenizer.py tests/evaluation/test_nlg.py tests/train/test_checkpoint.py}"
+tests/text/test_tokenizer.py tests/evaluation/test_nlg.py tests/train/test_checkpoint.py}"
 pythons=("$@")
 if [ ${#pythons[@]} -eq 0 ]; then
     pythons=(python3.11 python3.12)

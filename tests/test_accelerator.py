@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from jima_jax import accelerator
-from jima_jax.train import parallel
+from jima_jax.runtime import cpu_host
 from tests.conftest import REPO
 
 
@@ -107,9 +107,9 @@ def test_cli_exit_statuses():
 
 
 def test_cpu_only_settings_follow_the_backend_jax_really_uses(monkeypatch):
-    """parallel.jax_runs_on_cpu (which gates the XLA:CPU flag and the allocator) agrees with
+    """cpu_host.jax_runs_on_cpu (which gates the XLA:CPU flag and the allocator) agrees with
     the backend JAX picked in this CPU-only install; on an accelerator install the gate is
     tested in tests/train/test_parallel_host.py."""
     import jax
     monkeypatch.delenv('JAX_PLATFORMS', raising=False)
-    assert parallel.jax_runs_on_cpu() is (jax.default_backend() == 'cpu')
+    assert cpu_host.jax_runs_on_cpu() is (jax.default_backend() == 'cpu')

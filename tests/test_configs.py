@@ -53,15 +53,20 @@ def test_locked_config_refuses_new_keys_in_code():
 
 
 def test_demo_variants_are_the_recipes_whose_figures_the_readme_quotes():
-    demo_, long, tiny = demo.get_config(), demo.get_config('long'), demo.get_config('tiny')
-    for c in (demo_, long):  # the measured reading recipe (README, "Models that read ...")
+    demo_, long, wide, tiny = (demo.get_config(), demo.get_config('long'),
+                               demo.get_config('wide'), demo.get_config('tiny'))
+    for c in (demo_, long, wide):  # the measured reading recipe (README, "Models that read ...")
         assert c.data.phantom.num_train == 3000 and c.pretrain.batch_size == 32
         assert (c.optim.task1.lr, c.optim.task2.lr) == (2e-3, 1e-3)
         assert c.optim.task1.decay_rate == c.optim.task2.decay_rate == 1.0
-    assert (demo_.pretrain.steps, demo_.train.num_epochs, demo_.train.max_steps) == (300, 4, 0)
-    assert (long.pretrain.steps, long.train.max_steps) == (400, 3200)
+    # the demo: a quarter-width ResNet-18, 900 pre-training + 14 epochs (2,618 steps)
+    assert (demo_.model.backbone_width, demo_.pretrain.steps, demo_.train.num_epochs,
+            demo_.train.max_steps) == (16, 900, 14, 0)
+    assert (wide.model.backbone_width, wide.pretrain.steps, wide.train.num_epochs) == (64, 300, 4)
+    assert (long.model.backbone_width, long.pretrain.steps, long.train.max_steps) == (64, 400, 3200)
     # ':tiny' is the demo before 2026-12-04: no pre-training, 480 studies, decaying 5e-4
     assert tiny.pretrain.steps == 0 and tiny.data.phantom.num_train == 480
+    assert tiny.model.backbone_width == 64
     assert (tiny.optim.task1.lr, tiny.optim.task1.decay_rate,
             tiny.train.num_epochs) == (5e-4, 0.9, 6)
     with pytest.raises(ValueError, match='long'):

@@ -515,7 +515,7 @@ from flax import nnx
 from configs import smoke
 from jima_jax import decode
 from jima_jax.model import jima
-from jima_jax.train import parallel
+from jima_jax.runtime import parallel
 
 VOCAB, BATCH = 24, 8
 config = smoke.get_config()

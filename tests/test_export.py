@@ -83,7 +83,7 @@ def test_export_then_predict_from_the_folder_alone_gives_the_same_reports(run, t
     assert card['training_data']['studies'] == {'train': 64, 'val': 16, 'test': 16}
     assert card['test']['same_checkpoint'] and card['test']['metrics'] == {
         k: v for k, v in METRICS.items() if k not in ('step', 'checkpoint', 'ROUGE_L')}
-    assert card['labeler'].startswith('jima_jax.data.labeler sha256:')
+    assert card['labeler'].startswith('jima_jax.text.labeler sha256:')
     card_md = (folder / 'MODEL_CARD.md').read_text()
     assert '| BLEU-4 | 0.1250 |' in card_md and '| distinct reports written for the test ' \
         'studies | 9 |' in card_md

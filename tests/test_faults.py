@@ -327,7 +327,7 @@ def test_prepared_dataset_whose_tables_or_tokenizer_changed_is_a_named_error(smo
                                                                            tmp_path):
     from configs import smoke
     from jima_jax.data import prepare
-    from jima_jax.data.tokenizer import Tokenizer
+    from jima_jax.text.tokenizer import Tokenizer
     cfg = smoke.get_config().data
     cfg.data_dir = str(tmp_path / 'data')
     target = prepare.prepared_dir(cfg)

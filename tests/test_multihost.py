@@ -19,7 +19,7 @@ import time
 import numpy as np
 import pytest
 
-from jima_jax.train import distributed
+from jima_jax.runtime import distributed
 from tests.conftest import REPO
 
 SLURM = {'SLURM_JOB_ID': '123456', 'SLURM_STEP_NUM_TASKS': '16', 'SLURM_PROCID': '9',
@@ -156,7 +156,7 @@ JOIN = textwrap.dedent("""
     import json, pathlib, sys
     import jax, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from jima_jax.train import distributed
+    from jima_jax.runtime import distributed
     cluster = distributed.resolve()
     distributed.initialize(cluster, num_cpu_devices=2, timeout_s=60)
     mesh = Mesh(np.asarray(jax.devices()), ('d',))

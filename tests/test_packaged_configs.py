@@ -60,7 +60,8 @@ def test_main_loads_packaged_configs_by_name_from_any_directory(tmp_path):
     assert proc.returncode == 2 and '--workdir is required' in proc.stderr, proc.stderr[-2000:]
     # the variant reaches demo.py's get_config
     proc = _main_from(tmp_path, '--config=demo:bogus')
-    assert proc.returncode == 2 and "expected no variant, ':long' or ':tiny'" in proc.stderr
+    assert proc.returncode == 2
+    assert "expected no variant, ':long', ':wide' or ':tiny'" in proc.stderr
     proc = _main_from(tmp_path, '--config', 'smoke', '--config.input.batch_size=0',
                       '--workdir', str(tmp_path / 'run'))
     assert proc.returncode == 2 and 'config input.batch_size=0 is out of range' in proc.stderr

@@ -71,6 +71,9 @@ def get_config(arg=None):
     c.model.backbone = 'resnet101'  # resnet18 | resnet34 | resnet50 | resnet101
     # torchvision .pth / .safetensors file; '' = random init (never downloaded)
     c.model.pretrained = ''
+    # channels of f_R's stem and first stage (stages: x1, x2, x4, x8); torchvision and pre-trained
+    # weights: 64; narrower = about (w/64)^2 of the backbone FLOPs, for from-scratch CPU budgets
+    c.model.backbone_width = 64
     c.model.in_channels = 3  # 3 = grayscale replicated (ImageNet weights), 1 = grayscale input
     c.model.freeze_bn_stats = False  # use running BatchNorm statistics also in training
     # auto (xla_cpu when JAX computes on the CPU, else portable) | portable (plain lax/einsum) |

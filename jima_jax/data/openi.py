@@ -17,7 +17,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from jima_jax.data.types import NUM_OBSERVATIONS, OBSERVATIONS
+from jima_jax.text.symbols import NUM_OBSERVATIONS, OBSERVATIONS
 
 _IMAGE_SUFFIX = re.compile(r'-\d+$')
 
@@ -186,7 +186,7 @@ def mesh_agreement(texts: list[str], meshes: list[tuple[str, ...]], *,
     An observation counts as found when its label is positive (or uncertain, when
     `uncertain_positive`); normal/abnormal uses `labeler.abnormal_from_labels` (devices count).
     """
-    from jima_jax.data import labeler  # the labeler does not depend on this module
+    from jima_jax.text import labeler
 
     labels = labeler.label_reports(texts)
     gold = (np.stack([mesh_observations(m) for m in meshes]) if meshes

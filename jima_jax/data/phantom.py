@@ -27,11 +27,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from jima_jax import atomic
-from jima_jax.data import types
+from jima_jax.text import symbols
 
 # Frequent IU X-ray findings outside the 14 CheXpert observations (they make IU studies abnormal).
 EXTRA_FINDINGS = ('calcified granuloma', 'degenerative spine', 'hiatal hernia')
-FINDING_NAMES = types.OBSERVATIONS[1:] + EXTRA_FINDINGS
+FINDING_NAMES = symbols.OBSERVATIONS[1:] + EXTRA_FINDINGS
 SIDES = ('right', 'left', 'bilateral')
 SEVERITIES = ('mild', 'moderate', 'severe')
 ZONES = ('upper', 'middle', 'lower')
@@ -168,12 +168,12 @@ class Findings:
         No Finding follows CheXpert: positive when nothing but support devices is present (the
         extra IU findings count as findings); `abnormal` also counts devices (IU MeSH).
         """
-        out = np.full(types.NUM_OBSERVATIONS, types.LABEL_NEGATIVE, np.int8)
+        out = np.full(symbols.NUM_OBSERVATIONS, symbols.LABEL_NEGATIVE, np.int8)
         for f in self.items:
-            if f.name in types.OBSERVATIONS:
-                out[types.OBSERVATIONS.index(f.name)] = types.LABEL_POSITIVE
+            if f.name in symbols.OBSERVATIONS:
+                out[symbols.OBSERVATIONS.index(f.name)] = symbols.LABEL_POSITIVE
         if set(self.names) <= {'Support Devices'}:
-            out[0] = types.LABEL_POSITIVE
+            out[0] = symbols.LABEL_POSITIVE
         return out
 
     def describe(self) -> str:

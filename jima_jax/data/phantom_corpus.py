@@ -27,6 +27,7 @@ import numpy as np
 
 from jima_jax.data import phantom, sources, types
 from jima_jax.data.phantom import Finding, Findings
+from jima_jax.text import symbols
 
 # Bump when the renderer, the grammar, the distributions or the stored fields change: prepared
 # phantom data depend on it (it is part of their prepare fingerprint and their tfds version).
@@ -34,7 +35,7 @@ VERSION = '1.1.0'
 
 # Columns of a drawn-truth row: the 14 CheXpert observations (OBSERVATIONS order, "No Finding"
 # included) and then the three non-CheXpert IU findings the phantom also draws.
-TRUTH_COLUMNS = types.OBSERVATIONS + phantom.EXTRA_FINDINGS
+TRUTH_COLUMNS = symbols.OBSERVATIONS + phantom.EXTRA_FINDINGS
 
 
 def truth_labels(findings: Findings) -> np.ndarray:
@@ -524,11 +525,11 @@ def attributes_from_text(name: str, text: str, uncertain: bool = False) -> Findi
 
 def findings_from_report(report: str) -> Findings:
     """The findings an IU report states (positive or uncertain), as the labeler reads them."""
-    from jima_jax.data import labeler  # deferred: only this source needs it
+    from jima_jax.text import labeler
 
     first: dict[str, tuple[str, bool]] = {}
     for m in labeler.find_mentions(report):
-        if m.label == types.LABEL_NEGATIVE:
+        if m.label == symbols.LABEL_NEGATIVE:
             continue
         names = [m.observation]
         if m.observation == labeler.OTHER_FINDING:
@@ -536,16 +537,16 @@ def findings_from_report(report: str) -> Findings:
         for name in names:
             if name in phantom.ATTRIBUTES and name not in first:
                 first[name] = (_clause(m.sentence, m.start, m.end),
-                               m.label == types.LABEL_UNCERTAIN)
+                               m.label == symbols.LABEL_UNCERTAIN)
     # Keep the labeler's aggregate decision for the 14 observations (positive > uncertain).
     labels = labeler.label_report(report)
     items = []
     for name, (sentence, uncertain) in first.items():
-        if name in types.OBSERVATIONS:
-            label = int(labels[types.OBSERVATIONS.index(name)])
-            if label not in (types.LABEL_POSITIVE, types.LABEL_UNCERTAIN):
+        if name in symbols.OBSERVATIONS:
+            label = int(labels[symbols.OBSERVATIONS.index(name)])
+            if label not in (symbols.LABEL_POSITIVE, symbols.LABEL_UNCERTAIN):
                 continue
-            uncertain = label == types.LABEL_UNCERTAIN
+            uncertain = label == symbols.LABEL_UNCERTAIN
         items.append(attributes_from_text(name, sentence, uncertain))
     items.sort(key=lambda f: phantom.FINDING_NAMES.index(f.name))
     return Findings(tuple(items))

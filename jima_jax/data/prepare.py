@@ -34,10 +34,12 @@ from typing import Any
 
 import numpy as np
 
-from jima_jax.data import builders, image_store, tables as tables_lib
-from jima_jax.data.builders.base import TOKENIZER_FILE, check_resize
-from jima_jax.data.tokenizer import Tokenizer
-from jima_jax.data.types import (NUM_OBSERVATIONS, SPLITS, PreparedDataset, PreparedSplit)
+from jima_jax.data import builders, image_store
+from jima_jax.data.builders.base import check_resize, TOKENIZER_FILE
+from jima_jax.data.types import PreparedDataset, PreparedSplit, SPLITS
+from jima_jax.text import tables as tables_lib
+from jima_jax.text.symbols import NUM_OBSERVATIONS
+from jima_jax.text.tokenizer import Tokenizer
 
 PREPARE_VERSION = 1  # bump when the prepared format or the text processing changes
 MANIFEST = 'prepared.json'

@@ -29,9 +29,9 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from jima_jax.data import entities as entities_lib
 from jima_jax.data import openi
-from jima_jax.data.types import SPLITS, RawStudy
+from jima_jax.data.types import RawStudy, SPLITS
+from jima_jax.text import entities as entities_lib
 
 OPENI_REPORTS = 'NLMCXR_reports.tgz'
 OPENI_PNG = 'NLMCXR_png.tgz'

@@ -15,38 +15,6 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-# Reserved token ids, identical for every tokenizer mode.
-PAD_ID = 0
-BOS_ID = 1
-EOS_ID = 2
-UNK_ID = 3
-NUM_SPECIAL_TOKENS = 4
-
-# The 14 CheXpert observations, in the order used by every label array of the package.
-OBSERVATIONS = (
-    'No Finding',
-    'Enlarged Cardiomediastinum',
-    'Cardiomegaly',
-    'Lung Lesion',
-    'Lung Opacity',
-    'Edema',
-    'Consolidation',
-    'Pneumonia',
-    'Atelectasis',
-    'Pneumothorax',
-    'Pleural Effusion',
-    'Pleural Other',
-    'Fracture',
-    'Support Devices',
-)
-NUM_OBSERVATIONS = len(OBSERVATIONS)
-
-# Label values of a `labels` array entry.
-LABEL_POSITIVE = 1
-LABEL_NEGATIVE = 0
-LABEL_UNCERTAIN = -1
-LABEL_BLANK = -2  # not mentioned
-
 SPLITS = ('train', 'val', 'test')
 
 
@@ -84,7 +52,7 @@ class PreparedSplit:
     lengths: np.ndarray  # [N] int32 number of report ids before padding (<= max_len)
     entities: np.ndarray  # [N, E] int32 vocabulary ids of the report's entity tokens, -1 padded
     abnormal: np.ndarray  # [N] int8: 1 abnormal, 0 normal
-    labels: np.ndarray  # [N, NUM_OBSERVATIONS] int8 with the LABEL_* values
+    labels: np.ndarray  # [N, NUM_OBSERVATIONS] int8 with the LABEL_* values (text.symbols)
     # Phantom datasets only: [N, 17] int8 1/0, the findings each image was DRAWN from (columns
     # `phantom_corpus.TRUTH_COLUMNS`: the 14 observations, then the 3 extra IU findings), the exact
     # truth that `labels` (read from the reference text) only approximates. None elsewhere.
@@ -123,8 +91,8 @@ class PreparedDataset:
 
     name: str
     splits: dict[str, PreparedSplit]
-    tokenizer: Any  # jima_jax.data.tokenizer.Tokenizer
-    tables: Any  # jima_jax.data.tables.FrequencyTables
+    tokenizer: Any  # jima_jax.text.tokenizer.Tokenizer
+    tables: Any  # jima_jax.text.tables.FrequencyTables
 
     @property
     def vocab_size(self) -> int:

@@ -16,31 +16,32 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from jima_jax.data import types
+from jima_jax.text import symbols
 
 AVERAGINGS = ('micro', 'macro', 'example')
 UNCERTAIN_AS = {'u0': 0, 'u1': 1}
 VARIANTS = tuple(f'{a}_{u}' for a in AVERAGINGS for u in UNCERTAIN_AS)
-_VALID = (types.LABEL_POSITIVE, types.LABEL_NEGATIVE, types.LABEL_UNCERTAIN, types.LABEL_BLANK)
+_VALID = (symbols.LABEL_POSITIVE, symbols.LABEL_NEGATIVE, symbols.LABEL_UNCERTAIN,
+          symbols.LABEL_BLANK)
 
 
 def _check(labels: np.ndarray, name: str) -> np.ndarray:
     labels = np.asarray(labels)
-    if labels.ndim != 2 or labels.shape[1] != types.NUM_OBSERVATIONS or labels.shape[0] == 0:
-        raise ValueError(f'{name} must have shape [N>0, {types.NUM_OBSERVATIONS}] '
-                         f'(one column per types.OBSERVATIONS); got {labels.shape}.')
+    if labels.ndim != 2 or labels.shape[1] != symbols.NUM_OBSERVATIONS or labels.shape[0] == 0:
+        raise ValueError(f'{name} must have shape [N>0, {symbols.NUM_OBSERVATIONS}] '
+                         f'(one column per symbols.OBSERVATIONS); got {labels.shape}.')
     bad = np.setdiff1d(np.unique(labels), _VALID)
     if bad.size:
         raise ValueError(f'{name} holds values {bad.tolist()}; expected the LABEL_* values '
-                         f'{list(_VALID)} of jima_jax.data.types.')
+                         f'{list(_VALID)} of jima_jax.text.symbols.')
     return labels
 
 
 def positives(labels: np.ndarray, uncertain_as: int) -> np.ndarray:
     """Binary [N, 14] matrix: positive, plus uncertain when uncertain_as == 1."""
-    pos = labels == types.LABEL_POSITIVE
+    pos = labels == symbols.LABEL_POSITIVE
     if uncertain_as:
-        pos |= labels == types.LABEL_UNCERTAIN
+        pos |= labels == symbols.LABEL_UNCERTAIN
     return pos
 
 
@@ -84,12 +85,12 @@ def label_and_score(references: Mapping[str, str], predictions: Mapping[str, str
                     labeler: Optional[Callable[[Sequence[str]], np.ndarray]] = None
                     ) -> dict[str, float]:
     """Labels both sides with the same labeler (default: the package's rule-based
-    `jima_jax.data.labeler.label_reports`) and returns `ce_metrics` over the common ids."""
+    `jima_jax.text.labeler.label_reports`) and returns `ce_metrics` over the common ids."""
     if set(references) != set(predictions):
         raise ValueError('references and predictions must cover the same study ids '
                          f'({len(set(references) ^ set(predictions))} id(s) differ).')
     if labeler is None:
-        from jima_jax.data.labeler import label_reports as labeler
+        from jima_jax.text.labeler import label_reports as labeler
     ids = sorted(references)
     ref = labeler([references[i] for i in ids])
     pred = labeler([predictions[i] for i in ids])
@@ -99,7 +100,7 @@ def label_and_score(references: Mapping[str, str], predictions: Mapping[str, str
 def _parse_label(value: str, path: pathlib.Path, line: int, column: str) -> int:
     value = value.strip()
     if value == '':
-        return types.LABEL_BLANK
+        return symbols.LABEL_BLANK
     try:
         number = float(value)
     except ValueError:
@@ -113,7 +114,7 @@ def _parse_label(value: str, path: pathlib.Path, line: int, column: str) -> int:
 def load_label_file(path: str | pathlib.Path, ids: Sequence[str]) -> np.ndarray:
     """Reads observation labels in the CheXpert labeler's CSV output format for the studies `ids`.
 
-    One column per observation name of types.OBSERVATIONS (1 positive, 0 negative, -1 uncertain,
+    One column per observation name of symbols.OBSERVATIONS (1 positive, 0 negative, -1 uncertain,
     blank or -2 not mentioned). With an `id` column rows are matched by id; without one (the
     CheXpert labeler's own output) row k belongs to ids[k], so the labeler must have been run on
     the reports in that order.
@@ -127,10 +128,10 @@ def load_label_file(path: str | pathlib.Path, ids: Sequence[str]) -> np.ndarray:
         raise ValueError(f'cannot read label file {path}: {e}') from e
     if not rows:
         raise ValueError(f'{path}: no label rows.')
-    missing = [o for o in types.OBSERVATIONS if o not in rows[0][1]]
+    missing = [o for o in symbols.OBSERVATIONS if o not in rows[0][1]]
     if missing:
         raise ValueError(f'{path}: missing observation column(s) {missing}; the header must name '
-                         f'all of {list(types.OBSERVATIONS)}.')
+                         f'all of {list(symbols.OBSERVATIONS)}.')
     by_id: dict[str, np.ndarray] = {}
     for k, (line, row) in enumerate(rows):
         key = row['id'] if 'id' in row else (ids[k] if k < len(ids) else None)
@@ -140,7 +141,7 @@ def load_label_file(path: str | pathlib.Path, ids: Sequence[str]) -> np.ndarray:
         if key in by_id:
             raise ValueError(f'{path}:{line}: duplicate id {key!r}.')
         by_id[key] = np.array([_parse_label(row[o] or '', path, line, o)
-                               for o in types.OBSERVATIONS], np.int8)
+                               for o in symbols.OBSERVATIONS], np.int8)
     absent = [i for i in ids if i not in by_id]
     if absent or len(by_id) != len(ids):
         raise ValueError(f'{path}: labels for {len(by_id)} studies, expected exactly the '

@@ -16,8 +16,8 @@ from typing import Callable, Hashable, Iterable, Mapping, Optional, Sequence, Un
 
 import numpy as np
 
-from jima_jax.data import types
 from jima_jax.evaluation import nlg
+from jima_jax.text import symbols
 
 SPLITS = ('1/8', '1/6', '1/4')
 NUM_GROUPS = 5
@@ -47,7 +47,7 @@ def counts_from_ids(token_counts: np.ndarray,
     report text."""
     counts = np.asarray(token_counts)
     return {id_to_token(i): int(counts[i])
-            for i in range(types.NUM_SPECIAL_TOKENS, counts.shape[0])}
+            for i in range(symbols.NUM_SPECIAL_TOKENS, counts.shape[0])}
 
 
 def rank_tokens(token_counts: TokenCounts) -> list[str]:

@@ -5,7 +5,7 @@ typical report scores well without looking at the radiograph. On the phantom cor
 known exactly (`PreparedSplit.truth_labels`), so here we ask whether the report says what the image
 shows. Definitions (docs/evaluation.md, "Phantom truth"):
 
-- A report is READ by the package labeler (`jima_jax.data.labeler`). A finding is FOUND when the
+- A report is READ by the package labeler (`jima_jax.text.labeler`). A finding is FOUND when the
   labeler marks it positive or uncertain (a hedged mention counts as found, as the iu_phantom
   source draws an uncertain mention as a mild finding). The three non-CheXpert findings are the
   labeler's "Other finding" mentions (not negated) that `phantom_corpus.EXTRA_PATTERNS` name, the
@@ -28,12 +28,13 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from jima_jax.data import labeler, phantom_corpus, types
+from jima_jax.data import phantom_corpus
+from jima_jax.text import labeler, symbols
 
 PREFIX = 'phantom_truth'
 FINDINGS = phantom_corpus.TRUTH_COLUMNS[1:]  # every column but "No Finding"
-_LABEL_INDEX = {name: types.OBSERVATIONS.index(name) for name in FINDINGS
-                if name in types.OBSERVATIONS}
+_LABEL_INDEX = {name: symbols.OBSERVATIONS.index(name) for name in FINDINGS
+                if name in symbols.OBSERVATIONS}
 
 
 def finding_key(name: str) -> str:
@@ -49,9 +50,10 @@ def read_report(text: str) -> tuple[np.ndarray, bool]:
     other = False
     for i, name in enumerate(FINDINGS):
         if name in _LABEL_INDEX:
-            found[i] = labels[_LABEL_INDEX[name]] in (types.LABEL_POSITIVE, types.LABEL_UNCERTAIN)
+            found[i] = labels[_LABEL_INDEX[name]] in (symbols.LABEL_POSITIVE,
+                                                      symbols.LABEL_UNCERTAIN)
     for m in mentions:
-        if m.observation == labeler.OTHER_FINDING and m.label != types.LABEL_NEGATIVE:
+        if m.observation == labeler.OTHER_FINDING and m.label != symbols.LABEL_NEGATIVE:
             other = True
             for name, pattern in phantom_corpus.EXTRA_PATTERNS.items():
                 found[FINDINGS.index(name)] |= bool(pattern.search(m.text))
@@ -72,7 +74,7 @@ def _truth(truth_labels: np.ndarray) -> np.ndarray:
     if truth_labels.ndim != 2 or truth_labels.shape[1] != len(phantom_corpus.TRUTH_COLUMNS):
         raise ValueError(f'truth_labels must be [N, {len(phantom_corpus.TRUTH_COLUMNS)}] '
                          f'(phantom_corpus.TRUTH_COLUMNS), got shape {truth_labels.shape}.')
-    return truth_labels[:, 1:] == types.LABEL_POSITIVE
+    return truth_labels[:, 1:] == symbols.LABEL_POSITIVE
 
 
 def evaluated_findings(truth_labels: np.ndarray) -> tuple[str, ...]:

@@ -20,8 +20,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from jima_jax.data import types
 from jima_jax.evaluation import clinical, imbalance, nlg, phantom_truth, report
+from jima_jax.text import symbols
 
 
 class InputError(ValueError):
@@ -92,8 +92,8 @@ def load_token_counts(path: str | pathlib.Path) -> dict[str, int]:
                              'training token to its count (int >= 0).')
         return counts
     if path.is_dir():
-        from jima_jax.data.tables import FrequencyTables
-        from jima_jax.data.tokenizer import Tokenizer
+        from jima_jax.text.tables import FrequencyTables
+        from jima_jax.text.tokenizer import Tokenizer
         tokenizer = Tokenizer.load(path / 'tokenizer.model')
         if tokenizer.mode != 'word':
             raise InputError(f'--tables {path}: a {tokenizer.mode} tokenizer counts subword '
@@ -125,14 +125,14 @@ def _abnormal_flags(refs: dict, ids: Sequence[str], ref_labels: Optional[np.ndar
         return {i: int(refs[i]['abnormal']) for i in ids}
     if ref_labels is None:
         try:
-            from jima_jax.data.labeler import label_reports
+            from jima_jax.text.labeler import label_reports
         except ImportError:
             notes.append('Normal/abnormal split skipped: no `abnormal` field, labels or labeler.')
             return None
         ref_labels = label_reports([refs[i]['report'] for i in ids])
     notes.append("Normal/abnormal: abnormal unless the reference's 'No Finding' label is positive.")
-    no_finding = ref_labels[:, types.OBSERVATIONS.index('No Finding')]
-    return {i: int(v != types.LABEL_POSITIVE) for i, v in zip(ids, no_finding)}
+    no_finding = ref_labels[:, symbols.OBSERVATIONS.index('No Finding')]
+    return {i: int(v != symbols.LABEL_POSITIVE) for i, v in zip(ids, no_finding)}
 
 
 def score_reports(refs: dict[str, str], preds: dict[str, str], *,
@@ -158,7 +158,7 @@ def score_reports(refs: dict[str, str], preds: dict[str, str], *,
         'distinct_reports': phantom_truth.distinct_reports([preds[i] for i in ids])}
     if with_ce and (ref_labels is None or pred_labels is None):
         try:
-            from jima_jax.data.labeler import label_reports
+            from jima_jax.text.labeler import label_reports
         except ImportError as e:
             notes.append(f'CE skipped: the package labeler is unavailable ({e}).')
         else:
@@ -166,7 +166,7 @@ def score_reports(refs: dict[str, str], preds: dict[str, str], *,
                 ref_labels = label_reports([refs[i] for i in ids])
             if pred_labels is None:
                 pred_labels = label_reports([preds[i] for i in ids])
-            notes.append('CE: generated reports labelled by jima_jax.data.labeler.')
+            notes.append('CE: generated reports labelled by jima_jax.text.labeler.')
     if with_ce and ref_labels is not None and pred_labels is not None:
         results.update(clinical.ce_metrics(ref_labels, pred_labels))
 
@@ -201,7 +201,7 @@ def score(args: argparse.Namespace) -> tuple[dict[str, Optional[float]], list[st
     check_ids(refs_rows, preds_rows, args.references, args.predictions)
     ids = sorted(refs_rows)
     if args.clean:
-        from jima_jax.data.cleaning import clean_report
+        from jima_jax.text.cleaning import clean_report
         for rows in (refs_rows, preds_rows):
             for row in rows.values():
                 row['report'] = clean_report(row['report'])
@@ -216,12 +216,12 @@ def score(args: argparse.Namespace) -> tuple[dict[str, Optional[float]], list[st
         notes.append(f'CE: labels from {args.labels[0]} and {args.labels[1]}.')
     elif not args.no_ce:
         try:
-            from jima_jax.data.labeler import label_reports
+            from jima_jax.text.labeler import label_reports
         except ImportError:
             pass  # score_reports notes it
         else:
             ref_labels = label_reports([refs[i] for i in ids])
-            notes.append('CE: both sides labelled by jima_jax.data.labeler.')
+            notes.append('CE: both sides labelled by jima_jax.text.labeler.')
     abnormal = _abnormal_flags(refs_rows, ids, ref_labels, notes)
     counts = None
     if args.tables:

@@ -136,7 +136,8 @@ class JIMA(nnx.Module):
         """`cfg` is `config.model`; `max_len` counts decoder positions (report tokens + 1)."""
         dtype = compute_dtype(cfg.dtype)
         self.visual = resnet.ResNet(
-            cfg.backbone, in_channels=cfg.in_channels, freeze_bn_stats=cfg.freeze_bn_stats,
+            cfg.backbone, in_channels=cfg.in_channels, base_width=resnet.base_width(cfg),
+            freeze_bn_stats=cfg.freeze_bn_stats,
             kernels=kernel_choice.configured(cfg), remat=cfg.remat_backbone,
             dtype=dtype, rngs=rngs)
         d = self.visual.feature_dim
@@ -187,6 +188,16 @@ class JIMA(nnx.Module):
         [B, L, V]."""
         enc = self.encode(images, train, rngs=rngs)
         return enc.entity_logits, self.report(enc.patches, enc.q, tokens_in, rngs)
+
+
+def build(config: ml_collections.ConfigDict, vocab_size: int, *, abstract: bool = False) -> JIMA:
+    """The JIMA module of a whole run config (shapes only when `abstract`, for restoring or
+    loading parameters into it); the one place train, export and exported models build it."""
+    def make():
+        return JIMA(config.model, vocab_size=vocab_size, num_views=config.data.num_views,
+                    max_len=config.data.max_len + 1, rngs=nnx.Rngs(params=config.seed))
+
+    return nnx.eval_shape(make) if abstract else make()
 
 
 def input_images(images: jax.Array, mcfg: ml_collections.ConfigDict,

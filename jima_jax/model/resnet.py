@@ -23,13 +23,25 @@ ARCHITECTURES = {
     'resnet50': ('bottleneck', (3, 4, 6, 3)),
     'resnet101': ('bottleneck', (3, 4, 23, 3)),
 }
-_STAGE_WIDTHS = (64, 128, 256, 512)
+_STAGE_MULTIPLIERS = (1, 2, 4, 8)  # stage widths are base_width times these (torchvision: 64)
+TORCHVISION_WIDTH = 64
 
 
-def feature_dim(name: str) -> int:
-    """Channels of the final feature map (512 for basic blocks, 2048 for bottlenecks)."""
+def feature_dim(name: str, base_width: int = TORCHVISION_WIDTH) -> int:
+    """Channels of the final feature map (512 for basic blocks, 2048 for bottlenecks at
+    torchvision's base width 64)."""
     block, _ = _architecture(name)
-    return 512 if block == 'basic' else 2048
+    return base_width * 8 * (1 if block == 'basic' else 4)
+
+
+def base_width(mcfg) -> int:
+    """`model.backbone_width`, with torchvision's 64 for configs written before the key existed;
+    a clear error for anything that is not a positive multiple of 8."""
+    width = mcfg.get('backbone_width', TORCHVISION_WIDTH)
+    if not isinstance(width, int) or isinstance(width, bool) or width < 8 or width % 8:
+        raise ValueError(f'model.backbone_width={width!r}: expected a positive multiple of 8 '
+                         f'(torchvision and pre-trained weights: {TORCHVISION_WIDTH}).')
+    return width
 
 
 def _architecture(name: str):
@@ -101,11 +113,13 @@ class ResNet(nnx.Module):
     """Images [N, H, W, C] (normalised) -> feature map [N, H/32, W/32, feature_dim].
 
     `kernels` is `model.kernels`: 'auto' is resolved here, once, to 'portable' or 'xla_cpu'
-    (`self.kernels`); the layers it builds run that kernel set whatever the backend."""
+    (`self.kernels`); the layers it builds run that kernel set whatever the backend.
+    `base_width` is the stem's and first stage's channel count (torchvision: 64); narrower
+    backbones cost about (base_width / 64)^2 of the FLOPs, for from-scratch CPU budgets."""
 
-    def __init__(self, name: str, *, in_channels: int = 3, freeze_bn_stats: bool = False,
-                 kernels: str = 'auto', remat: bool = False, dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+    def __init__(self, name: str, *, in_channels: int = 3, base_width: int = TORCHVISION_WIDTH,
+                 freeze_bn_stats: bool = False, kernels: str = 'auto', remat: bool = False,
+                 dtype=jnp.float32, rngs: nnx.Rngs):
         block_type, depths = _architecture(name)
         block_cls = BasicBlock if block_type == 'basic' else Bottleneck
         self.kernels = kernel_choice.resolve(kernels)
@@ -118,12 +132,14 @@ class ResNet(nnx.Module):
             return BatchNorm(ch, frozen=freeze_bn_stats)
 
         self.name = name
+        self.base_width = base_width
         self.remat = remat
-        self.conv1 = conv(in_channels, 64, 7, 2)
-        self.bn1 = bn(64)
-        in_ch = 64
+        self.conv1 = conv(in_channels, base_width, 7, 2)
+        self.bn1 = bn(base_width)
+        in_ch = base_width
         stages = []
-        for stage, (width, depth) in enumerate(zip(_STAGE_WIDTHS, depths)):
+        widths = [base_width * m for m in _STAGE_MULTIPLIERS]
+        for stage, (width, depth) in enumerate(zip(widths, depths)):
             blocks = []
             for i in range(depth):
                 stride = 2 if (i == 0 and stage > 0) else 1
@@ -225,5 +241,6 @@ def load_torchvision_state(resnet: ResNet, state: dict, source: str = 'state dic
                     value = np.repeat(value, want_in, axis=2) / want_in
         if value.shape != var[...].shape:
             raise ValueError(f'{source}: {key} has shape {value.shape} after transposition, the '
-                             f'model expects {var[...].shape}. Check model.backbone/in_channels.')
+                             f'model expects {var[...].shape}. Check model.backbone/in_channels/'
+                             'backbone_width.')
         var[...] = jnp.asarray(value)

@@ -28,9 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jima_jax.data.types import EOS_ID, PAD_ID, PreparedSplit
-from jima_jax.train import parallel
-from jima_jax.train import step as step_lib
+from jima_jax.data.types import PreparedSplit
+from jima_jax.runtime import parallel
+from jima_jax.text.symbols import EOS_ID, PAD_ID
+from jima_jax.train import inputs, step as step_lib
 
 K2_MODES = ('all', 'balanced')
 
@@ -127,7 +128,7 @@ def jit_score_step(score_fn: Callable, mesh, state_sharding) -> Callable:
 def score_split(score_fn: Callable, params, batch_stats, split: PreparedSplit, icfg, *,
                 seed: int, mesh) -> Difficulty:
     """Difficulties of every example of `split` (eval batches; padding rows dropped)."""
-    pipe = parallel.host_pipeline(split, icfg, seed)
+    pipe = inputs.host_pipeline(split, icfg, seed)
     sharding = parallel.batch_sharding(mesh)
     outputs = []  # device arrays; fetched once at the end so dispatch runs ahead of the host
     for batch in pipe.eval_batches():

@@ -12,7 +12,8 @@ import jax
 import ml_collections
 
 from jima_jax.evaluation import report as report_lib
-from jima_jax.train import checkpoint, losses, parallel, validate
+from jima_jax.runtime import parallel
+from jima_jax.train import checkpoint, losses, validate
 from jima_jax.train.run_setup import Setup, setup
 
 

@@ -28,9 +28,10 @@ import numpy as np
 from jima_jax import atomic
 from jima_jax.data import pipeline as pipeline_lib
 from jima_jax.model import jima
-from jima_jax.train import checkpoint, curriculum as curriculum_lib, difficulty, distributed
-from jima_jax.train import parallel, pretrain as pretrain_lib, reporting, run_setup, validate
-from jima_jax.train import step as step_lib
+from jima_jax.runtime import distributed, parallel
+from jima_jax.train import checkpoint, curriculum as curriculum_lib, difficulty, inputs
+from jima_jax.train import pretrain as pretrain_lib, reporting, run_setup, step as step_lib
+from jima_jax.train import validate
 from jima_jax.train.run_setup import Setup
 
 
@@ -262,7 +263,7 @@ class _Epochs:
     def __init__(self, run: Setup, cur: curriculum_lib.Curriculum):
         config = run.config
         self._cur = cur
-        self._pipe = parallel.host_pipeline(run.dataset.splits['train'], config.input,
+        self._pipe = inputs.host_pipeline(run.dataset.splits['train'], config.input,
                                             config.seed)
         self._sharding = parallel.batch_sharding(run.mesh)
         self._one_stream = not jima.entity_fusion(config.model)

@@ -34,7 +34,7 @@ class LossTables:
 
 
 def make_loss_tables(tables, loss_cfg) -> LossTables:
-    """The weight arrays `config.loss` asks for, from `jima_jax.data.tables.FrequencyTables`."""
+    """The weight arrays `config.loss` asks for, from `jima_jax.text.tables.FrequencyTables`."""
     token = tables.token_loss_weights(loss_cfg.token_weighting, alpha=loss_cfg.token_alpha,
                                       beta=loss_cfg.token_beta)
     entity = tables.entity_pos_weights(loss_cfg.entity_pos_weighting,

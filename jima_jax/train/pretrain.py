@@ -29,9 +29,11 @@ from flax import nnx
 
 from jima_jax import atomic, kernel_choice, torch_files
 from jima_jax.data import pipeline as pipeline_lib, prepare
-from jima_jax.data.types import LABEL_POSITIVE, LABEL_UNCERTAIN, OBSERVATIONS, PreparedSplit
+from jima_jax.data.types import PreparedSplit
 from jima_jax.model import jima, resnet
-from jima_jax.train import parallel, step as step_lib
+from jima_jax.runtime import parallel
+from jima_jax.text.symbols import LABEL_POSITIVE, LABEL_UNCERTAIN, OBSERVATIONS
+from jima_jax.train import inputs, step as step_lib
 
 TARGETS = OBSERVATIONS[1:] + ('abnormal',)  # "No Finding" is the complement of `abnormal`
 BACKBONE_FILE = 'backbone.safetensors'
@@ -62,7 +64,8 @@ class LabelNet(nnx.Module):
 
     def __init__(self, mcfg, num_views: int, num_targets: int, *, rngs: nnx.Rngs):
         self.visual = resnet.ResNet(
-            mcfg.backbone, in_channels=mcfg.in_channels, freeze_bn_stats=mcfg.freeze_bn_stats,
+            mcfg.backbone, in_channels=mcfg.in_channels, base_width=resnet.base_width(mcfg),
+            freeze_bn_stats=mcfg.freeze_bn_stats,
             kernels=kernel_choice.configured(mcfg), remat=mcfg.remat_backbone,
             dtype=jima.compute_dtype(mcfg.dtype), rngs=rngs)
         self.head = nnx.Linear(self.visual.feature_dim * num_views, num_targets, rngs=rngs)
@@ -117,7 +120,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir) -> pathlib.Path:
 
     step = jax.jit(step, in_shardings=(rep, rep, rep, batch_sh, batch_sh),
                    out_shardings=(rep, rep, rep, rep), donate_argnums=(0, 1, 2))
-    pipe = parallel.host_pipeline(train, icfg, config.seed)
+    pipe = inputs.host_pipeline(train, icfg, config.seed)
     kept = pipeline_lib.StreamSpec(np.arange(len(train), dtype=np.int32), _STREAM)
     per_epoch = pipeline_lib.steps_per_epoch([kept], icfg.batch_size)
     total, done, epoch, losses = int(pcfg.steps), 0, 0, []
@@ -163,7 +166,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir) -> pathlib.Path:
 
 def _validate(split, icfg, config, mesh, predict, params, stats) -> dict:
     """Validation BCE and per-label AUC of the head: does the backbone see the findings?"""
-    pipe = parallel.host_pipeline(split, icfg, config.seed)
+    pipe = inputs.host_pipeline(split, icfg, config.seed)
     sharding = parallel.batch_sharding(mesh)
     probs, index = [], []
     for batch in pipe.eval_batches():

@@ -15,14 +15,13 @@ from typing import Any, Optional
 
 import jax
 import ml_collections
-from flax import nnx
 
 from jima_jax import torch_files
 from jima_jax.data import prepare
 from jima_jax.data.types import PreparedDataset
 from jima_jax.model import jima, resnet
-from jima_jax.train import checkpoint, losses, parallel
-from jima_jax.train import step as step_lib
+from jima_jax.runtime import parallel
+from jima_jax.train import checkpoint, losses, step as step_lib
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +76,7 @@ def config_to_json(config) -> dict:
 
 def build_model(config, vocab_size: int):
     """A fresh JIMA model (optionally with torchvision backbone weights) and its pure pytrees."""
-    model = jima.JIMA(config.model, vocab_size=vocab_size, num_views=config.data.num_views,
-                      max_len=config.data.max_len + 1, rngs=nnx.Rngs(params=config.seed))
+    model = jima.build(config, vocab_size)
     if config.model.pretrained:
         state = torch_files.read_weights(config.model.pretrained)
         resnet.load_torchvision_state(model.visual, state, source=config.model.pretrained)

@@ -27,8 +27,8 @@ import ml_collections
 import optax
 from flax import nnx
 
-from jima_jax.data.types import PAD_ID
 from jima_jax.model import jima
+from jima_jax.text.symbols import PAD_ID
 from jima_jax.train import losses, optim
 
 
@@ -322,7 +322,7 @@ def build_eval_step(modeldef: ModelDef, config: ml_collections.ConfigDict,
 
 def jit_train_step(step_fn: Callable, mesh, state_sharding) -> Callable:
     """The sharded step: state in `state_sharding` (donated), batches split over every device."""
-    from jima_jax.train import parallel
+    from jima_jax.runtime import parallel
     rep, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     return jax.jit(step_fn, in_shardings=(state_sharding, batch, batch, rep, rep),
                    out_shardings=(state_sharding, rep), donate_argnums=(0,))

@@ -20,10 +20,9 @@ import numpy as np
 
 from jima_jax import atomic, decode
 from jima_jax.data.types import PreparedSplit
-from jima_jax.evaluation import imbalance, phantom_truth
-from jima_jax.evaluation import report as report_lib, score as score_lib
-from jima_jax.train import parallel
-from jima_jax.train import step as step_lib
+from jima_jax.evaluation import imbalance, phantom_truth, report as report_lib, score as score_lib
+from jima_jax.runtime import parallel
+from jima_jax.train import inputs, step as step_lib
 
 if TYPE_CHECKING:  # only for annotations: predicting from an export folder imports no TensorFlow
     from jima_jax.train.run_setup import Setup
@@ -50,7 +49,7 @@ def evaluate_loss(run: Setup, eval_fn, split_name: str, state=None,
     split = run.dataset.splits[split_name]
     if len(split) == 0:
         return {}
-    pipe = parallel.host_pipeline(split, run.config.input, run.config.seed)
+    pipe = inputs.host_pipeline(split, run.config.input, run.config.seed)
     sharding = parallel.batch_sharding(run.mesh)
     totals = None
     for batch in pipe.eval_batches():
@@ -74,7 +73,7 @@ def make_generate(run: Setup):
 def generate_split(run: Setup, generate_fn, split: PreparedSplit, state) -> dict:
     """Predicted reports (text), per-token log-probs and entity probabilities for `split` (one
     of the dataset's, or studies read for `--mode predict`)."""
-    pipe = parallel.host_pipeline(split, run.config.input, run.config.seed)
+    pipe = inputs.host_pipeline(split, run.config.input, run.config.seed)
     sharding = parallel.batch_sharding(run.mesh)
     tokens, logprobs, q, index = [], [], [], []
     for batch in pipe.eval_batches():
@@ -164,7 +163,7 @@ def evaluate_split(run: Setup, generate_fn, split_name: str, state, *, with_mete
     results, notes = score_generated(run, split, generated, with_meteor=with_meteor)
     results.update(reading_results(run, split, generated, with_baselines=out_dir is not None))
     if split.truth_labels is not None:
-        notes = list(notes) + ['Phantom truth: generated reports read by jima_jax.data.labeler '
+        notes = list(notes) + ['Phantom truth: generated reports read by jima_jax.text.labeler '
                                '(uncertain = found) against the findings each image was drawn '
                                'from.']
     if out_dir is not None and jax.process_index() == 0:

@@ -1,6 +1,9 @@
 """benchmarks/vs_pytorch.py and its PyTorch reference (benchmarks/torch_reference.py).
 
-torch and torchvision are the optional `bench` extra: the tests that need them skip without it.
+torch and torchvision are the optional `bench` extra (several GB: PyPI's Linux torch is the CUDA
+build). The tests that need them are marked `bench`: `make test` leaves them out (PyTorch is
+never needed by it), `make test-bench` installs the extra and runs them, and elsewhere they skip
+without it.
 """
 
 import importlib.util
@@ -16,9 +19,13 @@ from benchmarks import cases, vs_pytorch
 from benchmarks.difficulty import _batches
 from tests.conftest import REPO
 
-needs_torch = pytest.mark.skipif(
+_skip_without_torch = pytest.mark.skipif(
     importlib.util.find_spec('torch') is None or importlib.util.find_spec('torchvision') is None,
-    reason='torch/torchvision not installed (the bench extra: pip install -e .[bench])')
+    reason='torch/torchvision not installed (the bench extra: make test-bench)')
+
+
+def needs_torch(test):
+    return pytest.mark.bench(_skip_without_torch(test))
 
 TINY = dict(cases.SHAPES['tiny'], batch=4)
 

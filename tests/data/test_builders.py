@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jima_jax.data import cleaning, entities, openi, prepare, sources
+from jima_jax.data import openi, prepare, sources
 from jima_jax.data.builders import builder_class, get_studies
-from jima_jax.data.builders.base import StudyBuilder, fit_views
+from jima_jax.data.builders.base import fit_views, StudyBuilder
 from jima_jax.data.builders.iu_xray import IuXray
 from jima_jax.data.builders.mimic_cxr import MimicCxr
 from jima_jax.data.types import RawStudy
+from jima_jax.text import cleaning, entities
 
 
 def data_config(tmp_path, **overrides):

@@ -239,7 +239,8 @@ _RSS_PROBE = textwrap.dedent('''
     import gc, json, os, sys
     import ml_collections, numpy as np
     from jima_jax.data import image_store, pipeline
-    from jima_jax.data.types import NUM_OBSERVATIONS, PreparedSplit
+    from jima_jax.data.types import PreparedSplit
+    from jima_jax.text.symbols import NUM_OBSERVATIONS
 
     root, sizes = sys.argv[1], [int(a) for a in sys.argv[2:]]
     row = (2, 224, 224)  # 98 KiB a study

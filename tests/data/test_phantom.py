@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jima_jax.data import phantom, types
+from jima_jax.data import phantom
 from jima_jax.data.phantom import Finding, Findings
+from jima_jax.text import symbols
 
 SIZE = 96
 
@@ -130,7 +131,7 @@ def test_labels_and_abnormal():
     assert devices.labels()[0] == 1 and devices.labels()[13] == 1
     f = Findings((Finding('Cardiomegaly'), Finding('calcified granuloma')))
     labels = f.labels()
-    assert labels[types.OBSERVATIONS.index('Cardiomegaly')] == 1
+    assert labels[symbols.OBSERVATIONS.index('Cardiomegaly')] == 1
     assert labels[0] == 0 and labels.sum() == 1  # the granuloma blocks No Finding, has no column
 
 

@@ -10,20 +10,21 @@ import re
 import numpy as np
 import pytest
 
-from jima_jax.data import cleaning, phantom, phantom_corpus, types
+from jima_jax.data import phantom, phantom_corpus
+from jima_jax.text import cleaning, symbols
 from configs import default
 from jima_jax.data.phantom import Finding
 
 try:
-    from jima_jax.data import labeler
+    from jima_jax.text import labeler
 except ImportError:  # the labeler ships separately; its tests skip without it
     labeler = None
-needs_labeler = pytest.mark.skipif(labeler is None, reason='jima_jax.data.labeler not available')
+needs_labeler = pytest.mark.skipif(labeler is None, reason='jima_jax.text.labeler not available')
 
 SHARED = pathlib.Path(os.environ.get('JIMA_SHARED_DATA')
                       or pathlib.Path(__file__).resolve().parents[3] / 'shared' / 'data')
 IU_ANNOTATION = SHARED / 'iu_xray' / 'annotation.json'
-CHEXPERT = types.OBSERVATIONS[1:]  # the 13 observations a report names
+CHEXPERT = symbols.OBSERVATIONS[1:]  # the 13 observations a report names
 
 
 def _cfg(num_train=40, num_val=5, num_test=5, seed=0, **data):
@@ -130,12 +131,12 @@ def test_token_and_label_imbalance_exist():
 def test_labeler_reads_back_the_generated_findings():
     for s in itertools.islice(phantom_corpus.synthetic_studies(_cfg(num_train=600)), 600):
         got, want = labeler.label_report(s.report), s.meta['findings'].labels()
-        for i, name in enumerate(types.OBSERVATIONS):
+        for i, name in enumerate(symbols.OBSERVATIONS):
             if name in CHEXPERT:
-                assert (got[i] == types.LABEL_POSITIVE) == (want[i] == types.LABEL_POSITIVE), (
+                assert (got[i] == symbols.LABEL_POSITIVE) == (want[i] == symbols.LABEL_POSITIVE), (
                     name, s.report)
         if not s.meta['findings'].items:
-            assert got[0] == types.LABEL_POSITIVE, s.report
+            assert got[0] == symbols.LABEL_POSITIVE, s.report
 
 
 @needs_labeler
@@ -147,12 +148,12 @@ def test_every_template_and_attribute_is_labelled_positive():
                 text = phantom_corpus.finding_sentence(f, np.random.default_rng(seed))
                 labels = labeler.label_report(text)
                 if name in CHEXPERT:
-                    assert labels[types.OBSERVATIONS.index(name)] == types.LABEL_POSITIVE, text
+                    assert labels[symbols.OBSERVATIONS.index(name)] == symbols.LABEL_POSITIVE, text
                     others = [o for o in CHEXPERT if o != name
-                              and labels[types.OBSERVATIONS.index(o)] == types.LABEL_POSITIVE]
+                              and labels[symbols.OBSERVATIONS.index(o)] == symbols.LABEL_POSITIVE]
                     assert not others, (text, others)
                 else:
-                    assert labels[0] != types.LABEL_POSITIVE, text  # still abnormal
+                    assert labels[0] != symbols.LABEL_POSITIVE, text  # still abnormal
 
 
 def test_finding_sentence_needs_every_attribute():

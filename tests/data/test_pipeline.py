@@ -5,7 +5,8 @@ import ml_collections
 import pytest
 
 from jima_jax.data import pipeline
-from jima_jax.data.types import BOS_ID, EOS_ID, NUM_OBSERVATIONS, PAD_ID, PreparedSplit
+from jima_jax.data.types import PreparedSplit
+from jima_jax.text.symbols import BOS_ID, EOS_ID, NUM_OBSERVATIONS, PAD_ID
 
 
 def _split(n=10, views=2, size=12):
@@ -112,3 +113,19 @@ def test_reports_only_split_is_refused_with_the_fix():
     s.images = None
     with pytest.raises(ValueError, match='reports_only'):
         pipeline.SplitPipeline(s, _icfg(), seed=0)
+
+
+
+def test_pipelines_do_not_autotune():
+    """tf.data's autotuner made every epoch end of training wait 16-20 s (the demo on 2 CPU
+    cores, 2026-12-07: about a fifth of its training time): the loop drops an epoch's iterator
+    after its last batch, and that waited for the tuner's thread, whose sleep doubles while an
+    epoch runs. It does not show outside a training run (nothing here could time it), so this
+    checks the setting that removed it, on both kinds of pipeline."""
+    p = pipeline.SplitPipeline(_split(), _icfg(), seed=0)
+    order = np.arange(8, dtype=np.int32).reshape(2, 4)
+    for train in (True, False):
+        options = p._dataset(order, np.ones(order.shape, np.float32), train=train,
+                             epoch=0).options()
+        assert options.autotune.enabled is False
+        assert options.threading.private_threadpool_size == pipeline._THREADS

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from jima_jax.data import prepare, sources
-from jima_jax.data.tables import FrequencyTables
-from jima_jax.data.tokenizer import Tokenizer
-from jima_jax.data.types import NUM_OBSERVATIONS, UNK_ID
+from jima_jax.text.symbols import NUM_OBSERVATIONS, UNK_ID
+from jima_jax.text.tables import FrequencyTables
+from jima_jax.text.tokenizer import Tokenizer
 
 
 def data_config(tmp, **overrides):

@@ -6,18 +6,18 @@ import pathlib
 import numpy as np
 import pytest
 
-from jima_jax.data import types
 from jima_jax.evaluation import clinical
+from jima_jax.text import symbols
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SHARED = pathlib.Path(os.environ.get('JIMA_SHARED_DATA', REPO.parent / 'shared' / 'data'))
-OBS = types.OBSERVATIONS.index
-POS, NEG, UNC, BLANK = (types.LABEL_POSITIVE, types.LABEL_NEGATIVE, types.LABEL_UNCERTAIN,
-                        types.LABEL_BLANK)
+OBS = symbols.OBSERVATIONS.index
+POS, NEG, UNC, BLANK = (symbols.LABEL_POSITIVE, symbols.LABEL_NEGATIVE, symbols.LABEL_UNCERTAIN,
+                        symbols.LABEL_BLANK)
 
 
 def matrix(rows):
-    out = np.full((len(rows), types.NUM_OBSERVATIONS), BLANK, np.int8)
+    out = np.full((len(rows), symbols.NUM_OBSERVATIONS), BLANK, np.int8)
     for i, row in enumerate(rows):
         for name, value in row.items():
             out[i, OBS(name)] = value
@@ -92,7 +92,7 @@ def write_csv(path, header, rows):
 
 
 def test_label_file_with_id_column_round_trip(tmp_path):
-    header = ['id', *types.OBSERVATIONS]
+    header = ['id', *symbols.OBSERVATIONS]
     rows = [[i] + ['' if v == BLANK else f'{float(v)}' for v in REF[k]]
             for k, i in zip((1, 0, 2), ('s1', 's0', 's2'))]
     write_csv(tmp_path / 'l.csv', header, rows)
@@ -103,7 +103,7 @@ def test_label_file_with_id_column_round_trip(tmp_path):
 
 
 def test_label_file_errors_name_file_line_and_column(tmp_path):
-    header = ['Reports', *types.OBSERVATIONS]
+    header = ['Reports', *symbols.OBSERVATIONS]
     write_csv(tmp_path / 'bad.csv', header, [['x'] + [''] * 14, ['y', 'yes'] + [''] * 13])
     with pytest.raises(ValueError, match=r"bad\.csv:3: column 'No Finding' holds 'yes'"):
         clinical.load_label_file(tmp_path / 'bad.csv', ['a', 'b'])
@@ -124,7 +124,7 @@ def test_reads_chexpert_labeler_output_format():
 
 
 def test_package_labeler_scores_identical_reports_consistently():
-    pytest.importorskip('jima_jax.data.labeler', reason='the package labeler is not written yet')
+    pytest.importorskip('jima_jax.text.labeler', reason='the package labeler is not written yet')
     texts = {'a': 'the heart is enlarged . small left pleural effusion .',
              'b': 'no acute cardiopulmonary abnormality .'}
     got = clinical.label_and_score(texts, texts)

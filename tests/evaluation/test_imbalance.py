@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from jima_jax.data import types
 from jima_jax.evaluation import imbalance, nlg
+from jima_jax.text import symbols
 
 COUNTS = {'the': 10, 'heart': 8, 'is': 8, 'normal': 5, 'size': 3, 'effusion': 2, 'small': 1,
           'left': 1}
@@ -69,7 +69,7 @@ def test_counts_from_frequency_table_drop_reserved_ids():
     vocab = ['<pad>', '<s>', '</s>', '<unk>', 'the', 'heart']
     got = imbalance.counts_from_ids(np.array([0, 0, 7, 3, 10, 8]), vocab.__getitem__)
     assert got == {'the': 10, 'heart': 8}
-    assert types.NUM_SPECIAL_TOKENS == 4
+    assert symbols.NUM_SPECIAL_TOKENS == 4
     assert imbalance.word_counts(['a b a', 'b .']) == {'a': 2, 'b': 2, '.': 1}
 
 

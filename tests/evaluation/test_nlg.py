@@ -126,7 +126,7 @@ def iu_pairs(n=50):
     path = SHARED / 'iu_xray' / 'annotation.json'
     if not path.is_file():
         pytest.skip(f'shared data missing: {path}')
-    from jima_jax.data.cleaning import clean_report
+    from jima_jax.text.cleaning import clean_report
     reports = [clean_report(s['report']) for s in json.loads(path.read_text())['test']]
     reports = [r for r in reports if r]
     rng = random.Random(5)

@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from jima_jax.data import types
 from jima_jax.evaluation import clinical, imbalance, nlg
+from jima_jax.text import symbols
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 REFS = {'s1': 'the heart is normal in size .', 's2': 'small left pleural effusion .',
@@ -32,7 +32,7 @@ def write_jsonl(path, rows):
 
 def write_labels(path, ids, labels, with_ids=True):
     """CheXpert-format CSV; without ids rows follow the given order (`Reports` column instead)."""
-    lines = [','.join(['id' if with_ids else 'Reports', *types.OBSERVATIONS])]
+    lines = [','.join(['id' if with_ids else 'Reports', *symbols.OBSERVATIONS])]
     lines += [','.join([i if with_ids else 'text'] + [str(int(v)) for v in row])
               for i, row in zip(ids, labels)]
     path.write_text('\n'.join(lines) + '\n')
@@ -47,10 +47,10 @@ def test_cli_end_to_end(tmp_path):
         {'id': i, 'report': PREDS[i], 'entities': PREDS[i].split()[:1]}
         for i in ('s3', 's1', 's2')])
     ids = sorted(REFS)
-    ref_labels = np.full((3, 14), types.LABEL_BLANK, np.int8)
+    ref_labels = np.full((3, 14), symbols.LABEL_BLANK, np.int8)
     ref_labels[:, 0] = [1, 0, 1]
     pred_labels = ref_labels.copy()
-    pred_labels[1, 10] = types.LABEL_UNCERTAIN
+    pred_labels[1, 10] = symbols.LABEL_UNCERTAIN
     counts = {'the': 9, 'is': 5, 'normal': 5, '.': 20, 'effusion': 1, 'heart': 3}
     (tmp_path / 'counts.json').write_text(json.dumps(counts))
     out = tmp_path / 'out'
@@ -111,8 +111,8 @@ def test_cli_input_errors(tmp_path, pred_lines, message):
 def test_tables_from_prepared_folder(tmp_path, monkeypatch):
     """A prepared folder: word tokenizer.model + tables.json (FrequencyTables contract)."""
     import types as pytypes
-    from jima_jax.data.tokenizer import Tokenizer
     from jima_jax.evaluation import score
+    from jima_jax.text.tokenizer import Tokenizer
     tokenizer = Tokenizer.train(['a b . a c .', 'a b .'] * 3, mode='word', min_count=3)
     tokenizer.save(tmp_path / 'tokenizer.model')
     loaded = []
@@ -125,12 +125,12 @@ def test_tables_from_prepared_folder(tmp_path, monkeypatch):
             tables.token_counts = np.arange(tokenizer.vocab_size) * 10
             return tables
 
-    monkeypatch.setitem(sys.modules, 'jima_jax.data.tables',
+    monkeypatch.setitem(sys.modules, 'jima_jax.text.tables',
                         pytypes.SimpleNamespace(FrequencyTables=FakeTables))
     counts = score.load_token_counts(tmp_path)
     assert loaded == [(tmp_path / 'tables.json', tokenizer.fingerprint)]
     assert counts == {tokenizer.id_to_token(i): 10 * i
-                      for i in range(types.NUM_SPECIAL_TOKENS, tokenizer.vocab_size)}
+                      for i in range(symbols.NUM_SPECIAL_TOKENS, tokenizer.vocab_size)}
     assert set(counts) == {'a', 'b', 'c', '.'}
     with pytest.raises(score.InputError, match='no such file'):
         score.load_token_counts(tmp_path / 'absent')

@@ -146,8 +146,8 @@ def test_an_export_saved_with_conv_impl_loads_as_the_same_model(conv_impl):
     config = exported._config(_old_saved_config(conv_impl))  # what ExportedModel.load does
     with warnings.catch_warnings():
         warnings.simplefilter('error')
-        old = exported.build_model(config, vocab_size=20)
-    new = exported.build_model(smoke.get_config(), vocab_size=20)
+        old = jima.build(config, vocab_size=20, abstract=True)
+    new = jima.build(smoke.get_config(), vocab_size=20, abstract=True)
     assert old.visual.kernels == new.visual.kernels == kernel_choice.resolve('auto')
     assert nnx.graphdef(old) == nnx.graphdef(new)  # same modules: the same numbers
 
@@ -155,12 +155,12 @@ def test_an_export_saved_with_conv_impl_loads_as_the_same_model(conv_impl):
 def test_conv_impl_im2col_loads_with_a_warning_and_unknown_values_name_the_fix():
     config = exported._config(_old_saved_config('im2col'))
     with pytest.warns(UserWarning, match=r"model.conv_impl='im2col'.*same"):
-        model = exported.build_model(config, vocab_size=20)
+        model = jima.build(config, vocab_size=20, abstract=True)
     assert model.visual.kernels == kernel_choice.resolve('auto')
     config = exported._config(_old_saved_config('cudnn'))
     with pytest.raises(ValueError, match=r"model.conv_impl='cudnn': this key was replaced by "
                                          r"model.kernels .*delete model.conv_impl"):
-        exported.build_model(config, vocab_size=20)
+        jima.build(config, vocab_size=20, abstract=True)
 
 
 def test_a_run_dir_saved_with_conv_impl_is_used_by_eval(tmp_path):

@@ -75,6 +75,45 @@ def test_unknown_backbone_names_the_choices():
         _abstract('resnet19')
 
 
+def test_backbone_width_scales_every_convolution_and_the_features(arch='resnet18'):
+    """model.backbone_width=w: every kernel of torchvision's layout with its channels times w/64
+    (the 3 input channels of the stem excepted), so the FLOPs are about (w/64)^2."""
+    wide, narrow = _abstract(arch), _abstract(arch, base_width=16)
+    wide_kernels = dict(nnx.to_flat_state(nnx.state(wide, nnx.Param)))
+    narrow_kernels = dict(nnx.to_flat_state(nnx.state(narrow, nnx.Param)))
+    assert wide_kernels.keys() == narrow_kernels.keys()
+    for path, v in wide_kernels.items():
+        want = list(v.shape)
+        want[-1] //= 4
+        if len(want) == 4 and path[0] != 'conv1':
+            want[2] //= 4
+        assert list(narrow_kernels[path].shape) == want, path
+    assert narrow.feature_dim == feature_dim(arch, 16) == feature_dim(arch) // 4
+    x = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
+    assert nnx.eval_shape(lambda m, x: m(x, train=False), narrow, x).shape == (
+        2, 2, 2, feature_dim(arch) // 4)
+    assert feature_dim('resnet50', 16) == 512 and feature_dim('resnet50', 128) == 4096
+
+
+def test_backbone_width_key_defaults_to_torchvision_and_refuses_bad_values():
+    import ml_collections
+    from configs import default
+    from jima_jax.model import resnet
+    assert default.get_config().model.backbone_width == resnet.TORCHVISION_WIDTH == 64
+    saved_before_the_key = ml_collections.ConfigDict({'backbone': 'resnet18'})
+    assert resnet.base_width(saved_before_the_key) == 64  # old config.json files load unchanged
+    for bad in (0, 12, 32.0, '32', True):
+        with pytest.raises(ValueError, match=r'model.backbone_width=.*multiple of 8'):
+            resnet.base_width(ml_collections.ConfigDict({'backbone_width': bad}))
+
+
+def test_torchvision_weights_into_a_narrow_backbone_name_the_width():
+    from jima_jax.model import resnet
+    state = resnet.torchvision_state(_numpy_initialised('resnet18'))
+    with pytest.raises(ValueError, match=r'conv1.weight has shape .*backbone_width'):
+        resnet.load_torchvision_state(_numpy_initialised('resnet18', base_width=32), state)
+
+
 # ---------------------------------------------------------------- convolution and pooling
 
 

@@ -15,7 +15,8 @@ from flax import nnx
 from benchmarks import pmap_step
 from configs import smoke
 from jima_jax.model import jima
-from jima_jax.train import losses, parallel, step as step_lib
+from jima_jax.runtime import parallel
+from jima_jax.train import losses, step as step_lib
 from tests.helpers import random_batch
 
 VOCAB = 40

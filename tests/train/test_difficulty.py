@@ -10,9 +10,11 @@ from flax import nnx
 
 from configs import smoke
 from jima_jax.data import pipeline as pipeline_lib
-from jima_jax.data.types import EOS_ID, PAD_ID, PreparedSplit
+from jima_jax.data.types import PreparedSplit
 from jima_jax.model import jima
-from jima_jax.train import difficulty, parallel, step as step_lib
+from jima_jax.runtime import parallel
+from jima_jax.text.symbols import EOS_ID, PAD_ID
+from jima_jax.train import difficulty, step as step_lib
 from tests.helpers import run_python
 
 VOCAB = 40

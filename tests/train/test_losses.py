@@ -5,8 +5,9 @@ import numpy as np
 import ml_collections
 import pytest
 
-from jima_jax.data import tables as tables_lib
-from jima_jax.data.types import NUM_OBSERVATIONS, PreparedSplit
+from jima_jax.data.types import PreparedSplit
+from jima_jax.text import tables as tables_lib
+from jima_jax.text.symbols import NUM_OBSERVATIONS
 from jima_jax.train import losses
 
 

@@ -8,8 +8,8 @@ import pytest
 from flax import nnx
 
 from jima_jax import torch_files
-from jima_jax.data.types import LABEL_BLANK, LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_UNCERTAIN
 from jima_jax.model import resnet
+from jima_jax.text.symbols import LABEL_BLANK, LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_UNCERTAIN
 from jima_jax.train import pretrain
 
 
@@ -87,6 +87,7 @@ def test_pretraining_writes_a_backbone_that_training_starts_from(data_dir, tmp_p
     from configs import smoke
     from jima_jax.train import run_setup
     c = smoke.get_config()
+    c.model.backbone_width = 32  # the key reaches both the pre-trained and the trained f_R
     c.pretrain.steps = 3
     c.pretrain.batch_size = 8
     unchanged = pretrain.with_pretrained_backbone(c, tmp_path, fresh=False)
@@ -97,8 +98,9 @@ def test_pretraining_writes_a_backbone_that_training_starts_from(data_dir, tmp_p
     summary = json.loads((path.parent / 'summary.json').read_text())
     assert summary['steps'] == 3 and 0.0 <= summary['val/macro_auc'] <= 1.0
     weights = torch_files.read_weights(path)
+    assert weights['layer4.1.conv2.weight'].shape == (256, 256, 3, 3)  # 512 at width 64
     fresh_model = resnet.torchvision_state(
-        resnet.ResNet('resnet18', rngs=nnx.Rngs(params=c.seed)))
+        resnet.ResNet('resnet18', base_width=32, rngs=nnx.Rngs(params=c.seed)))
     assert any(not np.array_equal(weights[k], fresh_model[k]) for k in weights)  # it trained
     _, params, stats = run_setup.build_model(c2, vocab_size=40)
     np.testing.assert_array_equal(params['visual']['conv1']['kernel'],

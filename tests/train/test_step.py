@@ -11,7 +11,8 @@ from flax import nnx
 
 from configs import smoke
 from jima_jax.model import jima
-from jima_jax.train import losses, parallel, step as step_lib
+from jima_jax.runtime import cpu_host
+from jima_jax.train import losses, step as step_lib
 from tests.helpers import random_batch
 
 VOCAB = 40
@@ -148,13 +149,13 @@ def test_unknown_mode_is_reported():
 
 _SCHEDULE_PROBE = """
 import json, os, sys
-from jima_jax.train import parallel
+from jima_jax.runtime import cpu_host, parallel
 from tests.train import sharded_trajectory as st
 c = st.config(smooth=False, dropout=False)
 c.parallel.cpu_scheduler = sys.argv[1]
 from jax._src import xla_bridge
 early = not xla_bridge.backends_are_initialized()  # XLA reads XLA_FLAGS once, at its start
-parallel.use_cpu_scheduler(c.parallel)
+cpu_host.use_cpu_scheduler(c.parallel)
 import jax, jax.numpy as jnp, numpy as np
 from jima_jax.train import losses, step as step_lib
 modeldef, state = st.model_and_state(c)
@@ -207,15 +208,15 @@ def test_cpu_scheduler_goes_into_xla_flags_unless_the_user_set_it(monkeypatch):
     c = _config()
     monkeypatch.setenv('JAX_PLATFORMS', 'cpu')  # the flag is for XLA:CPU only
     monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
-    parallel.use_cpu_scheduler(c.parallel)
+    cpu_host.use_cpu_scheduler(c.parallel)
     assert os.environ['XLA_FLAGS'] == ('--xla_force_host_platform_device_count=8 '
                                        '--xla_cpu_enable_concurrency_optimized_scheduler=false')
     monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_enable_concurrency_optimized_scheduler=true')
-    parallel.use_cpu_scheduler(c.parallel)  # the user's own value wins
+    cpu_host.use_cpu_scheduler(c.parallel)  # the user's own value wins
     assert os.environ['XLA_FLAGS'] == '--xla_cpu_enable_concurrency_optimized_scheduler=true'
     monkeypatch.delenv('XLA_FLAGS')
     c.parallel.cpu_scheduler = 'concurrency'
-    parallel.use_cpu_scheduler(c.parallel)
+    cpu_host.use_cpu_scheduler(c.parallel)
     assert 'XLA_FLAGS' not in os.environ
 
 
@@ -223,16 +224,16 @@ def test_unknown_cpu_scheduler_names_the_field_and_the_choices():
     c = _config()
     c.parallel.cpu_scheduler = 'fastest'
     with pytest.raises(ValueError, match=r"parallel.cpu_scheduler='fastest'.*memory.*concurrency"):
-        parallel.use_cpu_scheduler(c.parallel)
+        cpu_host.use_cpu_scheduler(c.parallel)
 
 
 _MALLOC_PROBE = """
 import json, resource, sys
 from configs import default
-from jima_jax.train import parallel
+from jima_jax.runtime import cpu_host
 c = default.get_config()
 c.parallel.cpu_malloc = sys.argv[1]
-applied = parallel.use_cpu_malloc(c.parallel)
+applied = cpu_host.use_cpu_malloc(c.parallel)
 import jax, jax.numpy as jnp
 f = jax.jit(lambda a, b: (a @ b).max(axis=1))  # temporaries (the product) in every call
 a, b = jnp.ones((2048, 256)), jnp.ones((256, 32768))
@@ -246,7 +247,7 @@ print(json.dumps(dict(applied=applied, faults=faults)))
 """
 
 
-@pytest.mark.skipif(parallel.glibc_mallopt() is None,
+@pytest.mark.skipif(cpu_host.glibc_mallopt() is None,
                     reason='parallel.cpu_malloc acts on glibc (Linux) only')
 def test_reusing_malloc_stops_the_per_call_page_faults():
     # What 'reuse' is for: XLA:CPU's per-execution temporaries come back without fresh pages.
@@ -262,7 +263,7 @@ def test_reusing_malloc_stops_the_per_call_page_faults():
 def test_cpu_malloc_leaves_accelerator_hosts_and_bad_values_alone(monkeypatch):
     c = _config()
     monkeypatch.setenv('JAX_PLATFORMS', 'tpu,cpu')  # a TPU host keeps its allocator
-    assert parallel.use_cpu_malloc(c.parallel) is False
+    assert cpu_host.use_cpu_malloc(c.parallel) is False
     c.parallel.cpu_malloc = 'jemalloc'
     with pytest.raises(ValueError, match=r"parallel.cpu_malloc='jemalloc'.*reuse.*system"):
-        parallel.use_cpu_malloc(c.parallel)
+        cpu_host.use_cpu_malloc(c.parallel)

@@ -31,9 +31,11 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jima_jax.data import cleaning, entities, labeler, sources
-from jima_jax.data.tokenizer import Tokenizer
-from jima_jax.data.types import NUM_OBSERVATIONS, PAD_ID, SPLITS, UNK_ID, RawStudy
+from jima_jax.data import sources
+from jima_jax.data.types import RawStudy, SPLITS
+from jima_jax.text import cleaning, entities, labeler
+from jima_jax.text.symbols import NUM_OBSERVATIONS, PAD_ID, UNK_ID
+from jima_jax.text.tokenizer import Tokenizer
 from jima_jax.data.images import (  # noqa: F401  (prepare-time resizing, TF-free)
     RESIZE_MODES, check_resize, fit_views)
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from jima_jax.data.entities import annotation_entities, extract_entities
+from jima_jax.text.entities import annotation_entities, extract_entities
 
 
 def test_spec_example():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from jima_jax.data.cleaning import clean_report
+from jima_jax.text.cleaning import clean_report
 
 
 @pytest.mark.parametrize('raw, want', [

@@ -20,7 +20,7 @@ import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
 from jima_jax import atomic
-from jima_jax.data.types import BOS_ID, EOS_ID, NUM_SPECIAL_TOKENS, PAD_ID, UNK_ID
+from jima_jax.text.symbols import BOS_ID, EOS_ID, NUM_SPECIAL_TOKENS, PAD_ID, UNK_ID
 
 _WORD_BOUNDARY = '\u2581'  # sentencepiece's marker for a preceding space
 _MODES = {'word': sentencepiece_model_pb2.TrainerSpec.WORD,

@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from jima_jax.data import labeler, openi, sources
-from jima_jax.data.types import LABEL_BLANK, NUM_OBSERVATIONS, OBSERVATIONS
+from jima_jax.data import openi, sources
+from jima_jax.text import labeler
+from jima_jax.text.symbols import LABEL_BLANK, NUM_OBSERVATIONS, OBSERVATIONS
 
 
 def labels_of(text):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-from jima_jax.data import lexicon
+from jima_jax.text import lexicon
 
 ENTITY_WORDS = lexicon.ENTITY_ANATOMY | lexicon.ENTITY_OBSERVATION
 

@@ -17,7 +17,7 @@ reports at evaluation time, offline and fast, without Java/NegBio. The rules, in
    No Finding = positive when nothing but support devices is positive or uncertain (CheXpert's
    rule, which also counts the non-CheXpert findings), blank otherwise.
 
-CLI: python -m jima_jax.data.labeler --input reports.jsonl --output labels.csv
+CLI: python -m jima_jax.text.labeler --input reports.jsonl --output labels.csv
 (JSONL rows with "report" and optionally "id"; CSV: id + the 14 observations as 1/0/-1, blank
 empty).
 """
@@ -36,9 +36,9 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from jima_jax import atomic
-from jima_jax.data import lexicon
-from jima_jax.data.types import (LABEL_BLANK, LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_UNCERTAIN,
-                                 NUM_OBSERVATIONS, OBSERVATIONS)
+from jima_jax.text import lexicon
+from jima_jax.text.symbols import (LABEL_BLANK, LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_UNCERTAIN,
+                                   NUM_OBSERVATIONS, OBSERVATIONS)
 
 OTHER_FINDING = 'Other finding'  # pseudo-observation: abnormal but not one of the 14
 _NO_FINDING = OBSERVATIONS.index('No Finding')

@@ -1,4 +1,4 @@
-"""CPU-only start-up settings (`parallel.configure_cpu_host`): applied only when JAX will run on
+"""CPU-only start-up settings (`cpu_host.configure_cpu_host`): applied only when JAX will run on
 the CPU, and the XLA:CPU scheduler flag only when the installed jaxlib knows it (XLA aborts the
 process on an unknown flag). The bit-for-bit and page-fault effects are in tests/train/test_step.py.
 """
@@ -11,7 +11,7 @@ import sys
 import ml_collections
 import pytest
 
-from jima_jax.train import parallel
+from jima_jax.runtime import cpu_host
 from tests.conftest import REPO
 
 
@@ -23,8 +23,8 @@ def _pcfg(**kw) -> ml_collections.ConfigDict:
 def no_plugins(monkeypatch):
     """A Python with no GPU/TPU plugin, whatever is installed here."""
     monkeypatch.delenv('JAX_PLATFORMS', raising=False)
-    monkeypatch.setattr(parallel, '_ACCELERATOR_MODULES', ('jima_no_such_plugin',))
-    monkeypatch.setattr(parallel.importlib.metadata, 'entry_points', lambda **kw: [])
+    monkeypatch.setattr(cpu_host, '_ACCELERATOR_MODULES', ('jima_no_such_plugin',))
+    monkeypatch.setattr(cpu_host.importlib.metadata, 'entry_points', lambda **kw: [])
 
 
 @pytest.mark.parametrize('platforms,on_cpu', [
@@ -32,58 +32,58 @@ def no_plugins(monkeypatch):
     ('cuda', False), ('gpu', False), ('tpu', False), ('tpu,cpu', False), ('cpu,cuda', False)])
 def test_jax_platforms_decides(monkeypatch, platforms, on_cpu):
     monkeypatch.setenv('JAX_PLATFORMS', platforms)
-    assert parallel.jax_runs_on_cpu() is on_cpu
+    assert cpu_host.jax_runs_on_cpu() is on_cpu
 
 
 def test_without_jax_platforms_an_installed_plugin_decides(no_plugins, monkeypatch, tmp_path):
-    assert parallel.jax_runs_on_cpu()
+    assert cpu_host.jax_runs_on_cpu()
     (tmp_path / 'jax_cuda12_plugin').mkdir()
     (tmp_path / 'jax_cuda12_plugin' / '__init__.py').write_text('')
-    monkeypatch.setattr(parallel, '_ACCELERATOR_MODULES', ('jax_cuda12_plugin',))
+    monkeypatch.setattr(cpu_host, '_ACCELERATOR_MODULES', ('jax_cuda12_plugin',))
     monkeypatch.syspath_prepend(str(tmp_path))
-    assert not parallel.jax_runs_on_cpu()
+    assert not cpu_host.jax_runs_on_cpu()
 
 
 def test_a_plugin_registered_by_entry_point_counts(monkeypatch, tmp_path):
     monkeypatch.delenv('JAX_PLATFORMS', raising=False)
-    monkeypatch.setattr(parallel, '_ACCELERATOR_MODULES', ('jima_no_such_plugin',))
+    monkeypatch.setattr(cpu_host, '_ACCELERATOR_MODULES', ('jima_no_such_plugin',))
     dist = tmp_path / 'fake_accelerator_plugin-1.0.dist-info'
     dist.mkdir()
     (dist / 'METADATA').write_text('Metadata-Version: 2.1\nName: fake-accelerator-plugin\n'
                                    'Version: 1.0\n')
     (dist / 'entry_points.txt').write_text('[jax_plugins]\nfake = fake_accelerator_plugin\n')
     monkeypatch.syspath_prepend(str(tmp_path))
-    assert not parallel.jax_runs_on_cpu()
+    assert not cpu_host.jax_runs_on_cpu()
 
 
 def test_accelerator_runs_keep_xla_flags_and_the_allocator(monkeypatch):
     monkeypatch.setenv('JAX_PLATFORMS', 'cuda')
     monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
-    assert parallel.use_cpu_scheduler(_pcfg()) is False
-    assert parallel.use_cpu_malloc(_pcfg()) is False
-    parallel.configure_cpu_host(_pcfg())
+    assert cpu_host.use_cpu_scheduler(_pcfg()) is False
+    assert cpu_host.use_cpu_malloc(_pcfg()) is False
+    cpu_host.configure_cpu_host(_pcfg())
     assert os.environ['XLA_FLAGS'] == '--xla_force_host_platform_device_count=2'
 
 
 def test_cpu_runs_get_the_scheduler_flag(no_plugins, monkeypatch):
     monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
-    assert parallel.use_cpu_scheduler(_pcfg()) is True
+    assert cpu_host.use_cpu_scheduler(_pcfg()) is True
     assert os.environ['XLA_FLAGS'] == ('--xla_force_host_platform_device_count=2 '
                                        '--xla_cpu_enable_concurrency_optimized_scheduler=false')
 
 
 def test_xla_knows_flag_reads_the_installed_jaxlib():
     # A flag this suite relies on, one that does not exist, and a prefix of a real one.
-    assert parallel.xla_knows_flag('--xla_force_host_platform_device_count=8')
-    assert not parallel.xla_knows_flag('--xla_cpu_jima_no_such_flag')
-    assert not parallel.xla_knows_flag('--xla_force_host_platform_device')
+    assert cpu_host.xla_knows_flag('--xla_force_host_platform_device_count=8')
+    assert not cpu_host.xla_knows_flag('--xla_cpu_jima_no_such_flag')
+    assert not cpu_host.xla_knows_flag('--xla_force_host_platform_device')
 
 
 _UNKNOWN_FLAG_PROBE = """
 import json, os
-from jima_jax.train import parallel
-parallel._SCHEDULER_FLAG = '--xla_cpu_jima_no_such_flag'  # as if jaxlib had dropped the real one
-added = parallel.use_cpu_scheduler({'cpu_scheduler': 'memory'})
+from jima_jax.runtime import cpu_host
+cpu_host._SCHEDULER_FLAG = '--xla_cpu_jima_no_such_flag'  # as if jaxlib had dropped the real one
+added = cpu_host.use_cpu_scheduler({'cpu_scheduler': 'memory'})
 import jax.numpy as jnp
 print(json.dumps(dict(added=added, total=float(jnp.arange(4.0).sum()),
                       flags=os.environ.get('XLA_FLAGS', ''))))

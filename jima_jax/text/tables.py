@@ -19,13 +19,13 @@ import io
 import json
 import os
 import pathlib
+from typing import Protocol, Sequence
 
 import numpy as np
 
 from jima_jax import atomic
-from jima_jax.data.types import (BOS_ID, EOS_ID, LABEL_BLANK, LABEL_NEGATIVE, LABEL_POSITIVE,
-                                 LABEL_UNCERTAIN, NUM_OBSERVATIONS, OBSERVATIONS, PAD_ID,
-                                 PreparedSplit)
+from jima_jax.text.symbols import (BOS_ID, EOS_ID, LABEL_BLANK, LABEL_NEGATIVE, LABEL_POSITIVE,
+                                   LABEL_UNCERTAIN, NUM_OBSERVATIONS, OBSERVATIONS, PAD_ID)
 
 TABLES_VERSION = 1
 # Column order of `label_counts`.
@@ -233,7 +233,20 @@ class FrequencyTables:
         return tables
 
 
-def compute_tables(split: PreparedSplit, vocab_size: int,
+class CountedSplit(Protocol):
+    """What the counts read of a split (`jima_jax.data.types.PreparedSplit` has it all), so the
+    text package does not depend on the data records."""
+    ids: Sequence
+    tokens: np.ndarray
+    lengths: np.ndarray
+    entities: np.ndarray
+    labels: np.ndarray
+    abnormal: np.ndarray
+
+    def __len__(self) -> int: ...
+
+
+def compute_tables(split: CountedSplit, vocab_size: int,
                    tokenizer_fingerprint: str) -> FrequencyTables:
     """Counts over a (training) split: targets = tokens[:length] + one EOS per report."""
     n = len(split)

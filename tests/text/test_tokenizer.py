@@ -6,9 +6,9 @@ import json
 import pytest
 
 from jima_jax.data import sources
-from jima_jax.data.cleaning import clean_report
-from jima_jax.data.tokenizer import Tokenizer
-from jima_jax.data.types import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from jima_jax.text.cleaning import clean_report
+from jima_jax.text.symbols import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from jima_jax.text.tokenizer import Tokenizer
 
 CORPUS = ['the heart is normal .', 'the lungs are clear .', 'the heart is enlarged .',
           'no effusion . the lungs are clear .']

@@ -5,9 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from jima_jax.data.tables import FrequencyTables, compute_tables
-from jima_jax.data.types import (EOS_ID, LABEL_BLANK, LABEL_NEGATIVE, LABEL_POSITIVE,
-                                 NUM_OBSERVATIONS, PreparedSplit)
+from jima_jax.data.types import PreparedSplit
+from jima_jax.text.tables import compute_tables, FrequencyTables
+from jima_jax.text.symbols import (EOS_ID, LABEL_BLANK, LABEL_NEGATIVE, LABEL_POSITIVE,
+                                   NUM_OBSERVATIONS)
 
 V = 10
 
