@@ -1,7 +1,10 @@
-r"""Does the curriculum help? IU-phantom, same epochs and seeds for every schedule (issues 6, 12).
+r"""Does the curriculum help? A phantom corpus, same epochs and seeds for every schedule.
 
   nohup nice -n 10 python -m experiments.curriculum_iu_phantom [--config configs/iu_phantom.py:X] \
       > experiments/results/curriculum_iu_phantom.log 2>&1 &
+  # the demo corpus, whose models read their images (results: curriculum_phantom.*)
+  python -m experiments.curriculum_iu_phantom --config configs/demo.py \
+      --rows none,jima,jima_release,competence_sqrt --config.curriculum.warmup_epochs=4
   python -m experiments.curriculum_iu_phantom --summarize    # tables from the finished runs
   python -m experiments.curriculum_iu_phantom --rows none,jima --seeds 0 --root /tmp/cur \
       --results-dir /tmp/cur_results --config.train.num_epochs=3   # a small check
@@ -15,12 +18,13 @@ interrupted experiment picks up where it stopped; runs recorded in the results f
 from it. A run records its config (`--config` and the extra --config.* flags);
 one table only ever holds runs of one config: runs of other configs stay in the results file under
 `other_configs`, and a run directory holding another config's run is refused. Writes, atomically,
-into --results-dir (default experiments/results):
-  curriculum_iu_phantom.json    every run's final metrics, cost and c1/c2 per epoch
-  curriculum_iu_phantom.md      whether the models read their images; paired differences to
-                                `none` (same seed) with their spread; mean +- sd per row;
-                                c per epoch
-  curriculum_iu_phantom_c.png   c1 and c2 per epoch, one line per run, coloured by row
+into --results-dir (default experiments/results), named after the config's corpus
+(`curriculum_iu_phantom.*` for IU-phantom, `curriculum_phantom.*` for the demo corpus):
+  curriculum_<corpus>.json    every run's final metrics, cost and c1/c2 per epoch
+  curriculum_<corpus>.md      whether the models read their images; paired differences to
+                              `none` (same seed) with their spread; mean +- sd per row;
+                              c per epoch
+  curriculum_<corpus>_c.png   c1 and c2 per epoch, one line per run, coloured by row
 """
 
 from __future__ import annotations
@@ -44,7 +48,10 @@ from jima_jax import atomic
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = REPO / 'experiments' / 'results'
-NAME = 'curriculum_iu_phantom'
+NAME = 'curriculum_iu_phantom'  # the results files' stem for IU-phantom configs
+# Corpora the experiment is meant for (`data.name` of the config): the table's title, and the
+# results files' stem (`curriculum_<data.name>`), so each corpus keeps its own table.
+DATASETS = {'iu_phantom': 'IU-phantom', 'phantom': 'The demo phantom corpus'}
 DEFAULT_CONFIG = 'configs/iu_phantom.py:small'
 # The only config earlier versions of this script trained (their records do not name one).
 LEGACY_CONFIG = 'configs/iu_phantom.py:small'
@@ -477,12 +484,18 @@ def _curves(records: list[dict], schedules: list[str]) -> list[str]:
     return lines
 
 
+def stem(meta: dict) -> str:
+    """The results files' name for the table's corpus: `curriculum_<data.name>`."""
+    return f'curriculum_{meta.get("dataset", "iu_phantom")}'
+
+
 def markdown(records: list[dict], schedules: list[str], meta: dict) -> str:
     ident = one_config(records) or config_id(meta.get('config', DEFAULT_CONFIG),
                                              meta.get('extra_flags', []))
     by = {(r['schedule'], r['seed']): r for r in records}
     seeds = sorted({r['seed'] for r in records})
-    lines = [f'IU-phantom (`{ident}`, {meta["epochs"]} epochs incl. {meta["warmup"]} warm-up, '
+    title = DATASETS.get(meta.get('dataset', 'iu_phantom'), meta.get('dataset'))
+    lines = [f'{title} (`{ident}`, {meta["epochs"]} epochs incl. {meta["warmup"]} warm-up, '
              f'test split, final checkpoint), seeds {seeds}; mean ± sd over seeds, x100 '
              '(the NLL and image reliance in nats/token).' + (
                  f' Runs read back from the results file were made on {meta["previous_runs_date"]}'
@@ -506,7 +519,7 @@ def markdown(records: list[dict], schedules: list[str], meta: dict) -> str:
     lines += _paired(records, schedules, METRICS, spread=False)
     for sentence in curriculum_sentences(records, schedules):
         lines += ['', sentence]
-    lines += ['', f'c1 and c2 per epoch for every run: `{NAME}_c.png`.']
+    lines += ['', f'c1 and c2 per epoch for every run: `{stem(meta)}_c.png`.']
     lines += _curves(records, schedules)
     return '\n'.join(lines) + '\n'
 
@@ -588,10 +601,10 @@ def summarize(records: list[dict], schedules: list[str], meta: dict,
     others = {k: v for k, v in (others or {}).items() if v['runs']}
     if others:
         payload['other_configs'] = others
-    atomic.write_text(results_dir / f'{NAME}.json', json.dumps(payload, indent=2) + '\n')
+    atomic.write_text(results_dir / f'{stem(meta)}.json', json.dumps(payload, indent=2) + '\n')
     text = markdown(records, schedules, meta)
-    atomic.write_text(results_dir / f'{NAME}.md', text)
-    plot_curriculum(records, schedules, results_dir / f'{NAME}_c.png')
+    atomic.write_text(results_dir / f'{stem(meta)}.md', text)
+    plot_curriculum(records, schedules, results_dir / f'{stem(meta)}_c.png')
     return text
 
 
@@ -624,14 +637,17 @@ def main(argv=None) -> None:
     root, results_dir = pathlib.Path(args.root), pathlib.Path(args.results_dir)
     cfg = run_config(BASE_ROW, seeds[0], extra, args.config)  # fails early on a bad config/flag
     ident = config_id(args.config, extra)
-    meta = {'config': args.config, 'epochs': cfg.train.num_epochs,
+    if cfg.data.name not in DATASETS:
+        parser.error(f'--config {args.config}: data.name={cfg.data.name!r}; the experiment '
+                     f'scores phantom truth, so it needs one of {sorted(DATASETS)}.')
+    meta = {'config': args.config, 'dataset': cfg.data.name, 'epochs': cfg.train.num_epochs,
             'warmup': cfg.curriculum.warmup_epochs, 'extra_flags': extra,
             'machine': f'{platform.machine()} {os.cpu_count()} cpus',
             'date': datetime.date.today().isoformat()}
     # Runs recorded in the results file but not under --root are read back from it (their date is
     # in the table's meta), so a new row can be added without re-running the others. Only runs of
     # this config: the others are carried along, apart.
-    groups = read_results(results_dir / f'{NAME}.json')
+    groups = read_results(results_dir / f'{stem(meta)}.json')
     old = groups.pop(ident, None)
     previous = {}
     if old is not None:

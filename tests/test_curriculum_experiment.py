@@ -192,6 +192,22 @@ def test_summarize_keeps_other_configs_apart_and_reads_an_old_results_file(tmp_p
     capsys.readouterr()
 
 
+def test_each_corpus_keeps_its_own_table_and_other_corpora_are_refused(tmp_path, capsys):
+    demo = {**META, 'config': 'configs/demo.py', 'dataset': 'phantom'}
+    runs = [record('none', 0, config='configs/demo.py')]
+    text = experiment.summarize(runs, ['none'], demo, tmp_path)
+    assert text.startswith('The demo phantom corpus (`configs/demo.py`, 3 epochs incl. 1 warm-up')
+    assert '`curriculum_phantom_c.png`' in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        'curriculum_phantom.json', 'curriculum_phantom.md', 'curriculum_phantom_c.png']
+    assert experiment.summarize(runs[:0], ['none'], META, tmp_path).startswith('IU-phantom (')
+    assert (tmp_path / f'{experiment.NAME}.json').exists()  # IU-phantom's name, as before
+    with pytest.raises(SystemExit):  # no drawn findings to score against
+        experiment.main(['--summarize', '--config', 'configs/iu_xray.py', '--results-dir',
+                         str(tmp_path)])
+    assert 'needs one of' in capsys.readouterr().err
+
+
 def test_unknown_rows_are_refused():
     with pytest.raises(SystemExit):
         experiment.main(['--summarize', '--rows', 'none,jimma'])

@@ -132,7 +132,6 @@ class ResNet(nnx.Module):
             return BatchNorm(ch, frozen=freeze_bn_stats)
 
         self.name = name
-        self.base_width = base_width
         self.remat = remat
         self.conv1 = conv(in_channels, base_width, 7, 2)
         self.bn1 = bn(base_width)
