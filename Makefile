@@ -8,6 +8,9 @@
 # (requirements/upgrade.sh).
 
 PYTHON ?= python3
+# Only the venv's interpreter: `make test PYTHON=python3.12` must not hand a bare interpreter to
+# what the targets start (the launch scripts read PYTHON from the environment).
+unexport PYTHON
 VENV ?= .venv
 BIN := $(VENV)/bin
 PLATFORM ?= cpu

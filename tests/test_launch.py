@@ -202,6 +202,7 @@ def test_sbatch_prepares_then_runs_one_process_per_task(tmp_path, per_node):
     env.update(SLURM_JOB_ID='987654', SLURM_JOB_NUM_NODES='4', SLURM_SUBMIT_DIR=str(REPO),
                JIMA_PREPARE_PER_NODE='1' if per_node else '0')
     env.pop('JIMA_COORDINATOR_PORT', None)
+    env.pop('PYTHON', None)  # the script's default: the checkout's .venv
     proc = _run(['bash', 'launch/gpu_slurm.sbatch', *MAIN_FLAGS], env=env)
     assert proc.returncode == 0, proc.stderr
     check, prepare, train = _calls(tmp_path, 'srun')

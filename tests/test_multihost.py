@@ -310,7 +310,7 @@ def test_sigterm_to_one_process_stops_every_process_at_one_step(tmp_path, smoke_
     3. The same one-process command resumes the job's checkpoint and trains on.
     """
     job_dir, one = tmp_path / 'job', tmp_path / 'one_process'
-    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu',
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu', PYTHON=sys.executable,
                JIMA_COORDINATOR_PORT=str(_free_port()), STOP_GRACE_S='5')
     env.pop('XLA_FLAGS', None)
     job = subprocess.Popen(['bash', 'launch/local_multihost.sh', '2', '2', *JOB_FLAGS,
