@@ -19,7 +19,7 @@ import ml_collections
 STRUCTURE = ('data.', 'model.', 'input.image_size', 'input.mean', 'input.std')
 # Within those, keys that may differ between training and evaluation without changing either.
 FREE = ('data.source_dir', 'data.manual_dir', 'data.data_dir', 'data.skip_bad_studies',
-        'data.image_store',
+        'data.image_store', 'data.phantom.train_renders',
         'data.openi_urls.', 'model.pretrained', 'model.kernels', 'model.remat_backbone',
         'model.dtype', 'model.dropout', 'model.fusion_dropout', 'model.entity_dropout')
 

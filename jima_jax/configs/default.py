@@ -54,6 +54,10 @@ def get_config(arg=None):
     c.data.phantom.num_test = 590
     c.data.phantom.seed = 0
     c.data.phantom.normal_share = 1 / 3  # share of normal studies (IU X-ray MeSH: about 1/3)
+    # images drawn per training study (phantom and iu_phantom): K > 1 shows drawing (epoch mod K),
+    # the same findings on another patient, so a small corpus cannot be memorised by its pictures
+    # (jima_jax/data/phantom_renders.py; drawn at the first run, cached beside the prepared data)
+    c.data.phantom.train_renders = 1
 
     # ---------------------------------------------------------------- input pipeline
     c.input = ml_collections.ConfigDict()

@@ -4,6 +4,10 @@ Images come from the split's array (data.image_store='memory': one TF constant) 
 store, from its `DiskImages` file, read a batch at a time inside the map (`tf.numpy_function`);
 every other step is the same, so both stores give bit-identical batches.
 
+With `train_images` (uint8 [K, N, V, H, W]: K drawings of each training study, from
+`phantom_renders`), training batches of epoch e take drawing e mod K; evaluation always takes
+`split.images`.
+
 Training draws two streams (Task 1's batch A, Task 2's batch B) from index sets that the
 curriculum keeps (everything without a curriculum). Each stream's order is a pure function of
 (seed, stream, epoch, kept set), and augmentation uses stateless random ops seeded by
@@ -81,7 +85,7 @@ class SplitPipeline:
     """Builds tf.data pipelines over one `PreparedSplit` (images in memory or on disk)."""
 
     def __init__(self, split: PreparedSplit, icfg, *, seed: int, process_index: int = 0,
-                 process_count: int = 1):
+                 process_count: int = 1, train_images: Optional[np.ndarray] = None):
         if split.images is None:
             raise ValueError('this split was prepared reports-only (data.reports_only=True); '
                              'training and evaluation need images. Prepare it with images.')
@@ -89,7 +93,15 @@ class SplitPipeline:
         if self._on_disk and not callable(getattr(split.images, 'gather', None)):
             raise TypeError(f'PreparedSplit.images is a {type(split.images).__name__}: expected a '
                             'numpy array or a DiskImages (jima_jax.data.image_store).')
+        if train_images is not None:
+            if self._on_disk:
+                raise ValueError("train_images (several drawings per study) need the split's "
+                                 "images in memory (data.image_store='memory').")
+            if train_images.ndim != 5 or train_images.shape[1:] != split.images.shape:
+                raise ValueError(f'train_images has shape {train_images.shape}; expected '
+                                 f'[K, {", ".join(map(str, split.images.shape))}].')
         self.split = split
+        self.train_images = train_images
         self.icfg = icfg
         self.seed = seed
         self.process_index = process_index
@@ -103,6 +115,8 @@ class SplitPipeline:
             s = self.split
             self._tensors = dict(
                 images=None if self._on_disk else tf.constant(s.images),
+                train_images=None if self.train_images is None else tf.constant(
+                    self.train_images.reshape((-1,) + self.train_images.shape[2:])),
                 tokens=tf.constant(self._tokens),
                 entities=tf.constant(s.entities.astype(np.int32)),
                 abnormal=tf.constant(s.abnormal.astype(np.int32)))
@@ -135,6 +149,9 @@ class SplitPipeline:
             return img[..., 0]
 
         def gather_images(idx):
+            if train and c['train_images'] is not None:  # drawing (epoch mod K) of each study
+                drawing = epoch % self.train_images.shape[0]
+                return tf.gather(c['train_images'], idx + drawing * len(self.split))
             if not self._on_disk:
                 return tf.gather(c['images'], idx)  # [B, V, S, S]
             images = tf.numpy_function(self.split.images.gather, [idx], tf.uint8)

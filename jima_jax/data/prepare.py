@@ -67,7 +67,9 @@ def _fingerprint_inputs(data_cfg) -> dict[str, Any]:
         out['resize'] = resize
     if data_cfg.name in ('phantom', 'iu_phantom'):
         from jima_jax.data import phantom_corpus  # the phantom format has its own version
-        out['phantom'] = data_cfg.phantom.to_dict()
+        # train_renders only adds drawings at training time (phantom_renders), beside this data
+        out['phantom'] = {k: v for k, v in data_cfg.phantom.to_dict().items()
+                          if k != 'train_renders'}
         out['phantom_version'] = phantom_corpus.VERSION
     out['prepare_version'] = PREPARE_VERSION
     return out

@@ -263,8 +263,7 @@ class _Epochs:
     def __init__(self, run: Setup, cur: curriculum_lib.Curriculum):
         config = run.config
         self._cur = cur
-        self._pipe = inputs.host_pipeline(run.dataset.splits['train'], config.input,
-                                            config.seed)
+        self._pipe = inputs.training_pipeline(config, run.dataset.splits['train'])
         self._sharding = parallel.batch_sharding(run.mesh)
         self._one_stream = not jima.entity_fusion(config.model)
         self._batch_size = int(config.input.batch_size)

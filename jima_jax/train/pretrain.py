@@ -120,7 +120,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir) -> pathlib.Path:
 
     step = jax.jit(step, in_shardings=(rep, rep, rep, batch_sh, batch_sh),
                    out_shardings=(rep, rep, rep, rep), donate_argnums=(0, 1, 2))
-    pipe = inputs.host_pipeline(train, icfg, config.seed)
+    pipe = inputs.training_pipeline(config, train, icfg)
     kept = pipeline_lib.StreamSpec(np.arange(len(train), dtype=np.int32), _STREAM)
     per_epoch = pipeline_lib.steps_per_epoch([kept], icfg.batch_size)
     total, done, epoch, losses = int(pcfg.steps), 0, 0, []

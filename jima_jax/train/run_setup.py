@@ -17,7 +17,7 @@ import jax
 import ml_collections
 
 from jima_jax import torch_files
-from jima_jax.data import prepare
+from jima_jax.data import phantom_renders, prepare
 from jima_jax.data.types import PreparedDataset
 from jima_jax.model import jima, resnet
 from jima_jax.runtime import parallel
@@ -47,6 +47,7 @@ class Setup:
 
 
 def _check_config(config, dataset: PreparedDataset) -> None:
+    phantom_renders.num_renders(config.data)  # a bad value fails before the model is built
     train = dataset.splits['train']
     if len(train) == 0:
         raise ValueError(f'dataset {dataset.name!r} has no training examples.')
