@@ -71,3 +71,28 @@ def test_demo_variants_are_the_recipes_whose_figures_the_readme_quotes():
             tiny.train.num_epochs) == (5e-4, 0.9, 6)
     with pytest.raises(ValueError, match='long'):
         demo.get_config('longer')
+
+
+def test_iu_phantom_cpu_is_the_measured_command_line():
+    """README: the ':cpu' figures were measured as ':small' plus these overrides; the preset must
+    stay exactly that run (every key compared)."""
+    from configs import iu_phantom
+    from jima_jax import run_config
+    measured = iu_phantom.get_config('small')
+    for key, value in {
+            'model.backbone_width': 16, 'data.num_views': 2, 'data.image_size': 72,
+            'input.image_size': 64, 'pretrain.steps': 1200, 'pretrain.batch_size': 32,
+            'optim.task1.lr': 2e-3, 'optim.task2.lr': 1e-3, 'optim.task1.decay_rate': 1.0,
+            'optim.task2.decay_rate': 1.0, 'curriculum.schedule': 'none',
+            'train.num_epochs': 100, 'train.max_steps': 4800, 'train.log_every_steps': 100,
+            'data.phantom.train_renders': 10}.items():
+        node = measured
+        *parents, last = key.split('.')
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    assert run_config.flat(iu_phantom.get_config('cpu').to_dict()) == run_config.flat(
+        measured.to_dict())
+    assert iu_phantom.get_config('small').data.phantom.train_renders == 1
+    with pytest.raises(ValueError, match="':cpu'"):
+        iu_phantom.get_config('tiny')
