@@ -17,9 +17,9 @@ CPU-minutes on 2 cores (README, "Models that read the radiograph"): a quarter-wi
 both views at 64 px, 1,200 label pre-training steps, constant rates 2e-3 / 1e-3, 4,800 steps, no
 curriculum, and 10 drawings of every training study (`data.phantom.train_renders`). Score its
 last checkpoint (`--checkpoint latest`): on IU-phantom the validation loss is lowest before the
-model starts to read, so the best-by-loss checkpoint is a blind one. Horizontal flips stay off: the phantom draws
-laterality, and a flip would make "left" and "right" unpredictable. The reports come from the
-shared IU X-ray annotation.json (JIMA_SHARED_DATA, or --config.data.source_dir).
+model starts to read, so the best-by-loss checkpoint is a blind one. Horizontal flips stay off:
+the phantom draws laterality, and a flip would make "left" and "right" unpredictable. The reports
+come from the shared IU X-ray annotation.json (JIMA_SHARED_DATA, or --config.data.source_dir).
 """
 
 from jima_jax.configs import default
