@@ -101,7 +101,8 @@ class SplitPipeline:
                 raise ValueError(f'train_images has shape {train_images.shape}; expected '
                                  f'[K, {", ".join(map(str, split.images.shape))}].')
         self.split = split
-        self.train_images = train_images
+        self.num_drawings = 1 if train_images is None else int(train_images.shape[0])
+        self._train_images = train_images  # dropped once its tf copy exists (`_constants`)
         self.icfg = icfg
         self.seed = seed
         self.process_index = process_index
@@ -115,11 +116,12 @@ class SplitPipeline:
             s = self.split
             self._tensors = dict(
                 images=None if self._on_disk else tf.constant(s.images),
-                train_images=None if self.train_images is None else tf.constant(
-                    self.train_images.reshape((-1,) + self.train_images.shape[2:])),
+                train_images=None if self._train_images is None else tf.constant(
+                    self._train_images.reshape((-1,) + self._train_images.shape[2:])),
                 tokens=tf.constant(self._tokens),
                 entities=tf.constant(s.entities.astype(np.int32)),
                 abnormal=tf.constant(s.abnormal.astype(np.int32)))
+            self._train_images = None  # the tf constant holds the only copy the pipeline needs
         return self._tensors
 
     def _local(self, index_batches: np.ndarray) -> np.ndarray:
@@ -150,7 +152,7 @@ class SplitPipeline:
 
         def gather_images(idx):
             if train and c['train_images'] is not None:  # drawing (epoch mod K) of each study
-                drawing = epoch % self.train_images.shape[0]
+                drawing = epoch % self.num_drawings
                 return tf.gather(c['train_images'], idx + drawing * len(self.split))
             if not self._on_disk:
                 return tf.gather(c['images'], idx)  # [B, V, S, S]
