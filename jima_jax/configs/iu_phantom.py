@@ -12,7 +12,7 @@ r"""The IU-phantom benchmark: real IU X-ray report text, phantom images (docs/ph
 epochs of which 30 are warm-up, the `jima` curriculum, beam 3. ':small' is sized for a few CPU
 cores (the curriculum experiment's first runs): the frontal view only at 48 px, ResNet-18, a
 2-layer width-128 Transformer, 5 epochs of which 2 are warm-up, larger learning rates so that a
-few epochs learn something; it never reads its images. ':cpu' is the measured recipe of about 26
+few epochs learn something; it never reads its images. ':cpu' is the measured recipe of 22-26
 CPU-minutes on 2 cores (README, "Models that read the radiograph"): a quarter-width ResNet-18,
 both views at 64 px, 1,200 label pre-training steps, constant rates 2e-3 / 1e-3, 4,800 steps, no
 curriculum, and 10 drawings of every training study (`data.phantom.train_renders`). Score its

@@ -28,7 +28,6 @@ from jima_jax.data.images import fit_views
 from jima_jax.data.types import PreparedSplit
 
 KEY = 'data.phantom.train_renders'
-PHANTOM_NAMES = ('phantom', 'iu_phantom')
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +41,8 @@ def num_renders(data_cfg) -> int:
                          'only; K > 1 draws K images of each training study, a new one each '
                          'epoch).')
     value = int(value)
-    if value > 1 and data_cfg.name not in PHANTOM_NAMES:
-        raise ValueError(f'{KEY}={value} needs a phantom corpus (data.name in {PHANTOM_NAMES}); '
+    if value > 1 and data_cfg.name not in builders.DRAWN:
+        raise ValueError(f'{KEY}={value} needs a phantom corpus (data.name in {builders.DRAWN}); '
                          f'data.name={data_cfg.name!r} has one fixed image per study. '
                          f'Set {KEY}=1.')
     if value > 1 and data_cfg.get('image_store', 'memory') != 'memory':

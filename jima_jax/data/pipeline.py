@@ -5,8 +5,8 @@ store, from its `DiskImages` file, read a batch at a time inside the map (`tf.nu
 every other step is the same, so both stores give bit-identical batches.
 
 With `train_images` (uint8 [K, N, V, H, W]: K drawings of each training study, from
-`phantom_renders`), training batches of epoch e take drawing e mod K; evaluation always takes
-`split.images`.
+`phantom_renders`, drawing 0 = `split.images`), training batches of epoch e take drawing e mod K;
+evaluation always takes drawing 0. The drawings are the pipeline's only copy of the images.
 
 Training draws two streams (Task 1's batch A, Task 2's batch B) from index sets that the
 curriculum keeps (everything without a curriculum). Each stream's order is a pure function of
@@ -114,10 +114,10 @@ class SplitPipeline:
         import tensorflow as tf
         if self._tensors is None:
             s = self.split
+            images = s.images if self._train_images is None else self._train_images.reshape(
+                (-1,) + s.images.shape[1:])  # [K * N, V, S, S], drawing k of study i at k * N + i
             self._tensors = dict(
-                images=None if self._on_disk else tf.constant(s.images),
-                train_images=None if self._train_images is None else tf.constant(
-                    self._train_images.reshape((-1,) + self._train_images.shape[2:])),
+                images=None if self._on_disk else tf.constant(images),
                 tokens=tf.constant(self._tokens),
                 entities=tf.constant(s.entities.astype(np.int32)),
                 abnormal=tf.constant(s.abnormal.astype(np.int32)))
@@ -151,11 +151,9 @@ class SplitPipeline:
             return img[..., 0]
 
         def gather_images(idx):
-            if train and c['train_images'] is not None:  # drawing (epoch mod K) of each study
-                drawing = epoch % self.num_drawings
-                return tf.gather(c['train_images'], idx + drawing * len(self.split))
-            if not self._on_disk:
-                return tf.gather(c['images'], idx)  # [B, V, S, S]
+            if not self._on_disk:  # drawing (epoch mod K) in training, drawing 0 in evaluation
+                drawing = epoch % self.num_drawings if train else 0
+                return tf.gather(c['images'], idx + drawing * len(self.split))  # [B, V, S, S]
             images = tf.numpy_function(self.split.images.gather, [idx], tf.uint8)
             images.set_shape(idx.shape.concatenate(self.split.images.shape[1:]))
             return images

@@ -65,7 +65,7 @@ def _fingerprint_inputs(data_cfg) -> dict[str, Any]:
     resize = check_resize(data_cfg.get('resize', 'square'))
     if resize != 'square' and not data_cfg.reports_only:  # square: fingerprints as before
         out['resize'] = resize
-    if data_cfg.name in ('phantom', 'iu_phantom'):
+    if data_cfg.name in builders.DRAWN:
         from jima_jax.data import phantom_corpus  # the phantom format has its own version
         # train_renders only adds drawings at training time (phantom_renders), beside this data
         out['phantom'] = {k: v for k, v in data_cfg.phantom.to_dict().items()

@@ -21,6 +21,9 @@ DATASETS = {
     'mimic_cxr': 'jima_jax.data.builders.mimic_cxr:MimicCxr',
 }
 NAMES = tuple(DATASETS)
+# The datasets whose images the phantom renderer draws (docs/phantom.md): their prepared data
+# depend on data.phantom.*, and their training studies can be drawn again (phantom_renders).
+DRAWN = ('phantom', 'iu_phantom')
 
 
 def builder_class(name: str):
