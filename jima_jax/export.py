@@ -151,6 +151,7 @@ def _test_metrics(workdir: pathlib.Path, step: int) -> Optional[dict]:
 
 def make_card(config, *, step: int, chosen, workdir: pathlib.Path, prepared: dict,
               vocab_size: int) -> dict:
+    from jima_jax.model import jima
     d = config.data
     return {
         'model': 'JIMA (Joint Imbalance Adaptation) radiology report generator, jima_jax',
@@ -166,7 +167,8 @@ def make_card(config, *, step: int, chosen, workdir: pathlib.Path, prepared: dic
         'architecture': {'backbone': config.model.backbone, 'width': int(config.model.width),
                          'encoder_layers': int(config.model.num_encoder_layers),
                          'decoder_layers': int(config.model.num_decoder_layers),
-                         'entity_fusion': bool(config.model.entity_fusion)},
+                         'entity_fusion': bool(config.model.entity_fusion),
+                         'fusion': jima.fusion(config.model)},
         'decode': config.decode.to_dict(),
         'labeler': labeler_version(),
         'test': _test_metrics(workdir, step),
@@ -215,11 +217,19 @@ def card_markdown(card: dict) -> str:
     lines += ['', '## Model', '',
               f'{arch["backbone"]}, Transformer width {arch["width"]} '
               f'({arch["encoder_layers"]} + {arch["decoder_layers"]} layers), entity fusion '
-              f'{"on" if arch["entity_fusion"] else "off (R2Gen baseline)"}; vocabulary '
+              f'{_fusion_words(arch)}; vocabulary '
               f'{card["vocabulary"]["size"]} ({card["vocabulary"]["tokenizer"]}); decoding '
               f'beam {card["decode"]["beam_size"]}, at most {card["decode"]["max_len"]} tokens.',
               f'Labeler (CE metrics): {card["labeler"]}.', '']
     return '\n'.join(lines)
+
+
+def _fusion_words(arch: dict) -> str:
+    if not arch['entity_fusion']:
+        return 'off (R2Gen baseline)'
+    kind = arch.get('fusion', 'cross')  # cards written before model.fusion existed
+    return 'on (' + ("the paper's cross-concatenation product" if kind == 'cross'
+                     else 'patches and q concatenated') + ')'
 
 
 def prediction_keys(saved: dict) -> dict:

@@ -59,9 +59,11 @@ def test_demo_variants_are_the_recipes_whose_figures_the_readme_quotes():
         assert c.data.phantom.num_train == 3000 and c.pretrain.batch_size == 32
         assert (c.optim.task1.lr, c.optim.task2.lr) == (2e-3, 1e-3)
         assert c.optim.task1.decay_rate == c.optim.task2.decay_rate == 1.0
-    # the demo: a quarter-width ResNet-18, 900 pre-training + 14 epochs (2,618 steps)
+    # the demo: a quarter-width ResNet-18, 900 pre-training + 20 epochs (3,740 steps) with f_R
+    # frozen after pre-training; the full-width variants train f_R, as measured
     assert (demo_.model.backbone_width, demo_.pretrain.steps, demo_.train.num_epochs,
-            demo_.train.max_steps) == (16, 900, 14, 0)
+            demo_.train.max_steps, demo_.optim.task1.visual_lr) == (16, 900, 20, 0, 0.0)
+    assert long.optim.task1.visual_lr == wide.optim.task1.visual_lr == -1.0
     assert (wide.model.backbone_width, wide.pretrain.steps, wide.train.num_epochs) == (64, 300, 4)
     assert (long.model.backbone_width, long.pretrain.steps, long.train.max_steps) == (64, 400, 3200)
     # ':tiny' is the demo before 2026-12-04: no pre-training, 480 studies, decaying 5e-4

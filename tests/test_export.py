@@ -211,3 +211,13 @@ def test_prepare_and_predict_share_one_resize():
     assert images.fit_views(views, 2, 24).shape == (2, 24, 24)  # the last view repeated
     with pytest.raises(ValueError, match='data.resize'):
         images.fit_views(views, 1, 24, 'crop')
+
+
+def test_the_card_names_the_fusion_and_reads_cards_from_before_the_key():
+    from jima_jax import export
+    assert export._fusion_words({'entity_fusion': False, 'fusion': 'cross'}) == \
+        'off (R2Gen baseline)'
+    assert export._fusion_words({'entity_fusion': True, 'fusion': 'concat'}) == \
+        'on (patches and q concatenated)'
+    assert export._fusion_words({'entity_fusion': True}) == \
+        "on (the paper's cross-concatenation product)"

@@ -88,6 +88,11 @@ def get_config(arg=None):
     # the patches alone; one task (the report loss trains f_R with optimizer alpha's settings and
     # fusion + f_T with beta's); curricula rank by k2 only. Everything else stays as configured.
     c.model.entity_fusion = True
+    # How q meets the patches X; both feed d + |V| inputs to the fusion Linear (same parameters):
+    # cross (paper: concat(X, q) * concat(q, X), where every X channel below |V| is multiplied by
+    # the q of one vocabulary token, so with d < |V| every channel is gated, most by tokens that
+    # are never entities) | concat (concat(X, q): X reaches f_T whole, q beside it).
+    c.model.fusion = 'cross'
     # patch_linear (paper) | mlp (release: pooled->512->512->V)
     c.model.entity_head = 'patch_linear'
     c.model.entity_mlp_dim = 512
@@ -130,7 +135,9 @@ def get_config(arg=None):
     for name, lr in (('task1', 4e-4), ('task2', 1e-5)):
         o = ml_collections.ConfigDict()
         o.lr = lr
-        o.visual_lr = -1.0  # task1 only: lr of f_R; < 0 = same as lr (release: 5e-5 vs 1e-4)
+        # task1 only: lr of f_R; < 0 = same as lr (release: 5e-5 vs 1e-4); 0 = f_R frozen (after
+        # label pre-training): the step skips f_R's backward pass, its BatchNorm stats still move
+        o.visual_lr = -1.0
         o.b1 = 0.9
         o.b2 = 0.999
         o.eps = 1e-8

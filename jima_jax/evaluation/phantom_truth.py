@@ -77,6 +77,9 @@ def _truth(truth_labels: np.ndarray) -> np.ndarray:
     return truth_labels[:, 1:] == symbols.LABEL_POSITIVE
 
 
+drawn_findings = _truth  # bool [N, 16]: each FINDINGS entry drawn in the study
+
+
 def evaluated_findings(truth_labels: np.ndarray) -> tuple[str, ...]:
     """The findings that enter the macro average: at least one positive in the drawn truth."""
     present = _truth(truth_labels).any(axis=0)

@@ -80,6 +80,20 @@ def entity_fusion(cfg: ml_collections.ConfigDict) -> bool:
     return value
 
 
+FUSIONS = ('cross', 'concat')
+
+
+def fusion(cfg: ml_collections.ConfigDict) -> str:
+    """model.fusion: how q meets the patches. 'cross' is the paper's S = concat(X, q) *
+    concat(q, X); 'concat' feeds concat(X, q) itself. Both have d + |V| inputs to the fusion
+    Linear. Configs saved before the key existed read as 'cross'."""
+    value = cfg.get('fusion', 'cross')
+    if value not in FUSIONS:
+        raise ValueError(f"model.fusion={value!r}: expected 'cross' (the paper's cross-"
+                         "concatenation product) or 'concat' (patches and q side by side).")
+    return value
+
+
 def fusion_dropout(cfg: ml_collections.ConfigDict) -> float:
     """Dropout after the fusion projection: model.fusion_dropout, or model.dropout when < 0."""
     rate = float(cfg.get('fusion_dropout', -1.0))
@@ -87,8 +101,8 @@ def fusion_dropout(cfg: ml_collections.ConfigDict) -> float:
 
 
 class ReportGenerator(nnx.Module):
-    """Cross-concatenation fusion of patches and the entity distribution, then f_T (without
-    entity fusion: the patches alone are projected, and every `q` is None)."""
+    """Fusion of patches and the entity distribution (model.fusion), then f_T (without entity
+    fusion: the patches alone are projected, and every `q` is None)."""
 
     def __init__(self, feature_dim: int, vocab_size: int, cfg: ml_collections.ConfigDict,
                  max_len: int, *, rngs: nnx.Rngs):
@@ -100,16 +114,20 @@ class ReportGenerator(nnx.Module):
             encoder_layers=cfg.num_encoder_layers, decoder_layers=cfg.num_decoder_layers,
             dropout=cfg.dropout, max_len=max_len, dtype=dtype, rngs=rngs)
         self.fusion_dropout = fusion_dropout(cfg)
+        self.fusion_kind = fusion(cfg)
         self.dtype = dtype
 
     def fuse(self, patches, q):
-        """S = concat(X, q) * concat(q, X) per patch, then Linear + ReLU (+ dropout later);
-        q None (the R2Gen baseline): Linear + ReLU of X."""
+        """S = concat(X, q) * concat(q, X) per patch ('cross', the paper) or concat(X, q)
+        ('concat'), then Linear + ReLU (+ dropout later); q None (the R2Gen baseline): Linear +
+        ReLU of X."""
         if q is None:
             return jax.nn.relu(self.fusion(patches.astype(self.dtype)))
         q = jnp.broadcast_to(q[:, None, :].astype(patches.dtype),
                              patches.shape[:2] + q.shape[-1:])
-        s = jnp.concatenate([patches, q], -1) * jnp.concatenate([q, patches], -1)
+        s = jnp.concatenate([patches, q], -1)
+        if self.fusion_kind == 'cross':
+            s = s * jnp.concatenate([q, patches], -1)
         return jax.nn.relu(self.fusion(s.astype(self.dtype)))
 
     def memory(self, patches, q, rngs: Optional[nnx.Rngs]):

@@ -30,7 +30,8 @@ from jima_jax.data import pipeline as pipeline_lib
 from jima_jax.model import jima
 from jima_jax.runtime import distributed, parallel
 from jima_jax.train import checkpoint, curriculum as curriculum_lib, difficulty, inputs
-from jima_jax.train import pretrain as pretrain_lib, reporting, run_setup, step as step_lib
+from jima_jax.train import optim as optim_lib, pretrain as pretrain_lib, reporting, run_setup
+from jima_jax.train import step as step_lib
 from jima_jax.train import validate
 from jima_jax.train.run_setup import Setup
 
@@ -38,6 +39,12 @@ from jima_jax.train.run_setup import Setup
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (resuming from `workdir` when it holds a checkpoint); returns the final metrics."""
     config = _with_pretrained_backbone(config, workdir)
+    if (optim_lib.visual_frozen(config.optim.task1) and not config.model.pretrained
+            and jax.process_index() == 0):
+        print('warning: optim.task1.visual_lr=0 freezes f_R, and it starts from random weights '
+              '(pretrain.steps=0 and no model.pretrained): the report model reads fixed random '
+              'features. Set pretrain.steps or model.pretrained unless that is the point.',
+              flush=True)
     run = run_setup.setup(config, workdir)
     config_json = run_setup.config_to_json(config)
     if jax.process_index() == 0:

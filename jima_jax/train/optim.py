@@ -63,6 +63,13 @@ def build_optimizer(ocfg, groups: tuple[str, ...], *,
     return optax.chain(*parts)
 
 
+def visual_frozen(ocfg) -> bool:
+    """optim.task1.visual_lr == 0: f_R is frozen (e.g. after label pre-training). The train step
+    then stops f_R's gradient, so its backward pass is never computed (the step's largest cost);
+    f_R's parameters stay bit-identical, its BatchNorm statistics still follow the batches."""
+    return float(ocfg.visual_lr) == 0.0
+
+
 def epoch_lr_factor(ocfg, epoch: jax.Array) -> jax.Array:
     """decay_rate ** (epoch // decay_every_epochs), traced from an int32 epoch."""
     every = max(int(ocfg.decay_every_epochs), 1)

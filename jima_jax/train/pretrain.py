@@ -86,74 +86,114 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(greater / (len(pos) * len(neg)))
 
 
+class LabelTrainer:
+    """f_R + a linear head trained with multi-label BCE on given per-study targets of the
+    training split, one jitted step over the device mesh. `pretrain` uses it with the reports'
+    labels; experiments/visibility_ceiling.py with the phantom's drawn findings."""
+
+    def __init__(self, config: ml_collections.ConfigDict, train: PreparedSplit,
+                 targets: np.ndarray, *, batch_size: int, lr: float):
+        mcfg = config.model
+        self.config, self.train, self.targets = config, train, np.asarray(targets, np.float32)
+        if self.targets.shape[0] != len(train):
+            raise ValueError(f'{self.targets.shape[0]} target rows for {len(train)} studies.')
+        self.mesh = parallel.make_mesh(config.parallel)
+        self.icfg = icfg = ml_collections.ConfigDict(config.input.to_dict())
+        icfg.batch_size = int(batch_size)
+        parallel.check_batch_size(icfg.batch_size, self.mesh, 'pretrain.batch_size')
+        net = LabelNet(mcfg, config.data.num_views, self.targets.shape[1],
+                       rngs=nnx.Rngs(params=config.seed))
+        self.modeldef, params, stats = step_lib.split_model(net)
+        tx = optax.adam(float(lr))
+        self.rep, self.batch_sh = parallel.replicated(self.mesh), parallel.batch_sharding(self.mesh)
+        self.params, self.stats = jax.device_put((params, stats), self.rep)
+        self.opt = jax.device_put(tx.init(params), self.rep)
+
+        def forward(p, s, images, train_mode):
+            model = self.modeldef.merge(p, s)
+            logits = model(jima.input_images(images, mcfg, icfg), train_mode)
+            return logits.astype(jnp.float32), nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+
+        def step(p, s, o, images, targets):
+            def loss_fn(p):
+                logits, new_s = forward(p, s, images, True)
+                return optax.sigmoid_binary_cross_entropy(logits, targets).mean(), new_s
+            (loss, s), grads = jax.value_and_grad(loss_fn, has_aux=True)(p)
+            updates, o = tx.update(grads, o, p)
+            return optax.apply_updates(p, updates), s, o, loss
+
+        rep, batch_sh = self.rep, self.batch_sh
+        self._step = jax.jit(step, in_shardings=(rep, rep, rep, batch_sh, batch_sh),
+                             out_shardings=(rep, rep, rep, rep), donate_argnums=(0, 1, 2))
+        self._predict = jax.jit(lambda p, s, x: jax.nn.sigmoid(forward(p, s, x, False)[0]))
+        self._pipe = inputs.training_pipeline(config, train, icfg)
+        self._kept = pipeline_lib.StreamSpec(np.arange(len(train), dtype=np.int32), _STREAM)
+        self._per_epoch = pipeline_lib.steps_per_epoch([self._kept], icfg.batch_size)
+        self.done, self._epoch, self._pos = 0, 0, 0
+
+    def fit(self, steps: int, log_every: int = 0, total: int = 0) -> None:
+        """`steps` more updates, continuing the epoch order; a line every `log_every` steps."""
+        target, losses, t0, start = self.done + int(steps), [], time.perf_counter(), self.done
+        while self.done < target:
+            stop = min(self._per_epoch, self._pos + target - self.done)
+            for batch in self._pipe.train_batches(self._kept, epoch=self._epoch, num_steps=stop,
+                                                  start_step=self._pos):
+                b = parallel.put_batch({'images': batch['images'],
+                                        'targets': self.targets[batch['index']]}, self.batch_sh)
+                self.params, self.stats, self.opt, loss = self._step(
+                    self.params, self.stats, self.opt, b['images'], b['targets'])
+                self.done += 1
+                losses.append(loss)
+                if log_every and (self.done % log_every == 0 or self.done == target):
+                    mean = float(np.mean(jax.device_get(losses)))
+                    losses = []
+                    rate = ((self.done - start) * self.icfg.batch_size
+                            / (time.perf_counter() - t0))
+                    if jax.process_index() == 0:
+                        print(f'pretrain step {self.done}/{total or target} | label BCE '
+                              f'{mean:.4f} | {rate:.1f} ex/s', flush=True)
+            self._pos = stop
+            if stop == self._per_epoch:  # a later call goes on where this one stopped
+                self._epoch, self._pos = self._epoch + 1, 0
+
+    def predict(self, split: PreparedSplit) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities [N, targets], study indices [N]) on `split`'s evaluation images."""
+        pipe = inputs.host_pipeline(split, self.icfg, self.config.seed)
+        probs, index = [], []
+        for batch in pipe.eval_batches():
+            images = parallel.put_batch({'images': batch['images']}, self.batch_sh)['images']
+            out = np.asarray(parallel.to_host(self._predict(self.params, self.stats, images)))
+            keep = np.asarray(parallel.to_host(batch['mask'])) > 0
+            probs.append(out[keep])
+            index.append(np.asarray(parallel.to_host(batch['index']))[keep])
+        return np.concatenate(probs), np.concatenate(index)
+
+    def backbone(self):
+        """The trained f_R as a host-side module."""
+        return self.modeldef.merge(jax.device_get(self.params), jax.device_get(self.stats)).visual
+
+
 def pretrain(config: ml_collections.ConfigDict, workdir) -> pathlib.Path:
     """Trains f_R on the training reports' labels; writes and returns the backbone file."""
     pcfg, mcfg = config.pretrain, config.model
     check_config(pcfg)
     dataset = prepare.load_prepared(config.data)
     train = dataset.splits['train']
-    mesh = parallel.make_mesh(config.parallel)
-    icfg = ml_collections.ConfigDict(config.input.to_dict())
-    icfg.batch_size = int(pcfg.batch_size)
-    parallel.check_batch_size(icfg.batch_size, mesh, 'pretrain.batch_size')
-    net = LabelNet(mcfg, config.data.num_views, len(TARGETS),
-                   rngs=nnx.Rngs(params=config.seed))
-    modeldef, params, stats = step_lib.split_model(net)
-    tx = optax.adam(float(pcfg.lr))
-    rep, batch_sh = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    params, stats = jax.device_put((params, stats), rep)
-    opt = jax.device_put(tx.init(params), rep)
-    targets_all = label_targets(train)
-
-    def forward(p, s, images, train_mode):
-        model = modeldef.merge(p, s)
-        logits = model(jima.input_images(images, mcfg, icfg), train_mode)
-        return logits.astype(jnp.float32), nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
-
-    def step(p, s, o, images, targets):
-        def loss_fn(p):
-            logits, new_s = forward(p, s, images, True)
-            return optax.sigmoid_binary_cross_entropy(logits, targets).mean(), new_s
-        (loss, s), grads = jax.value_and_grad(loss_fn, has_aux=True)(p)
-        updates, o = tx.update(grads, o, p)
-        return optax.apply_updates(p, updates), s, o, loss
-
-    step = jax.jit(step, in_shardings=(rep, rep, rep, batch_sh, batch_sh),
-                   out_shardings=(rep, rep, rep, rep), donate_argnums=(0, 1, 2))
-    pipe = inputs.training_pipeline(config, train, icfg)
-    kept = pipeline_lib.StreamSpec(np.arange(len(train), dtype=np.int32), _STREAM)
-    per_epoch = pipeline_lib.steps_per_epoch([kept], icfg.batch_size)
-    total, done, epoch, losses = int(pcfg.steps), 0, 0, []
+    trainer = LabelTrainer(config, train, label_targets(train), batch_size=int(pcfg.batch_size),
+                           lr=float(pcfg.lr))
+    total = int(pcfg.steps)
     t0 = time.perf_counter()
-    while done < total:
-        n = min(per_epoch, total - done)
-        for batch in pipe.train_batches(kept, epoch=epoch, num_steps=n):
-            b = parallel.put_batch({'images': batch['images'],
-                                    'targets': targets_all[batch['index']]}, batch_sh)
-            params, stats, opt, loss = step(params, stats, opt, b['images'], b['targets'])
-            done += 1
-            losses.append(loss)
-            if done % int(pcfg.log_every_steps) == 0 or done == total:
-                mean = float(np.mean(jax.device_get(losses)))
-                losses = []
-                rate = done * icfg.batch_size / (time.perf_counter() - t0)
-                if jax.process_index() == 0:
-                    print(f'pretrain step {done}/{total} | label BCE {mean:.4f} | '
-                          f'{rate:.1f} ex/s', flush=True)
-        epoch += 1
-
-    summary = {'steps': total, 'batch_size': icfg.batch_size, 'targets': list(TARGETS),
+    trainer.fit(total, log_every=int(pcfg.log_every_steps))
+    summary = {'steps': total, 'batch_size': int(pcfg.batch_size), 'targets': list(TARGETS),
                'seconds': round(time.perf_counter() - t0, 1)}
     val = dataset.splits.get('val')
     if val is not None and len(val):
-        summary.update(_validate(val, icfg, config, mesh, jax.jit(
-            lambda p, s, x: jax.nn.sigmoid(forward(p, s, x, False)[0])), params, stats))
-    net = modeldef.merge(jax.device_get(params), jax.device_get(stats))
+        summary.update(_validate(val, trainer))
     path = backbone_path(workdir)
     if jax.process_index() == 0:
         meta = {'backbone': mcfg.backbone, 'source': 'jima_jax pretrain',
                 'summary': json.dumps(summary)}
-        torch_files.write_safetensors(path, resnet.torchvision_state(net.visual), meta)
+        torch_files.write_safetensors(path, resnet.torchvision_state(trainer.backbone()), meta)
         atomic.write_text(path.parent / 'summary.json', json.dumps(summary, indent=2) + '\n')
         auc_text = (f', validation macro AUC {summary["val/macro_auc"]:.3f}'
                     if 'val/macro_auc' in summary else '')
@@ -164,19 +204,10 @@ def pretrain(config: ml_collections.ConfigDict, workdir) -> pathlib.Path:
     return path
 
 
-def _validate(split, icfg, config, mesh, predict, params, stats) -> dict:
+def _validate(split, trainer: LabelTrainer) -> dict:
     """Validation BCE and per-label AUC of the head: does the backbone see the findings?"""
-    pipe = inputs.host_pipeline(split, icfg, config.seed)
-    sharding = parallel.batch_sharding(mesh)
-    probs, index = [], []
-    for batch in pipe.eval_batches():
-        images = parallel.put_batch({'images': batch['images']}, sharding)['images']
-        out = np.asarray(parallel.to_host(predict(params, stats, images)))
-        keep = np.asarray(parallel.to_host(batch['mask'])) > 0
-        probs.append(out[keep])
-        index.append(np.asarray(parallel.to_host(batch['index']))[keep])
-    probs = np.concatenate(probs)
-    targets = label_targets(split)[np.concatenate(index)]
+    probs, index = trainer.predict(split)
+    targets = label_targets(split)[index]
     eps = 1e-7
     bce = -np.mean(targets * np.log(probs + eps) + (1 - targets) * np.log(1 - probs + eps))
     aucs = {name: auc(probs[:, i], targets[:, i]) for i, name in enumerate(TARGETS)}

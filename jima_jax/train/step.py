@@ -124,6 +124,12 @@ def _report_terms(model, patches, q, tokens_in, targets, batch, tables: losses.L
                              tables.label_weights[batch['abnormal']])
 
 
+def _stop_visual(params: dict, frozen: bool) -> dict:
+    """`params` with f_R's gradient stopped when it is frozen (optim.visual_frozen): its gradient
+    is then zero and XLA drops the backbone's backward pass."""
+    return {**params, 'visual': jax.lax.stop_gradient(params['visual'])} if frozen else params
+
+
 class TaskUpdates:
     """The updates Algorithm 1 alternates, as pure functions of (state, batch, ...).
 
@@ -177,9 +183,10 @@ class TaskUpdates:
         images, _, _ = _inputs(batch, self.config.model, self.config.input)
         p_report = task2_params(state.params)
         weight = float(self.config.loss.entity_weight)
+        frozen = optim.visual_frozen(self.config.optim.task1)
 
         def loss_fn(p1):
-            model = self._merge({**p1, **p_report}, state.batch_stats)
+            model = self._merge({**_stop_visual(p1, frozen), **p_report}, state.batch_stats)
             s, c = _entity_terms(model, images, batch, tables, self.vocab_size,
                                  _entity_rngs(key, _ENTITY_DROPOUT_TASK1))
             loss = s / self._total(c)
@@ -247,8 +254,10 @@ class TaskUpdates:
         (joint mode) clips the global norm as `joint` does, else each optimizer's `clip`."""
         images, tokens_in, targets = _inputs(batch, self.config.model, self.config.input)
 
+        frozen = optim.visual_frozen(self.config.optim.task1)
+
         def loss_fn(params):
-            model = self._merge(params, state.batch_stats)
+            model = self._merge(_stop_visual(params, frozen), state.batch_stats)
             enc = model.encode(images, train=True)  # no f_E: enc.q is None
             s, c = _report_terms(model, enc.patches, enc.q, tokens_in, targets, batch, tables,
                                  nnx.Rngs(dropout=key))

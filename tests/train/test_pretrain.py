@@ -107,3 +107,34 @@ def test_pretraining_writes_a_backbone_that_training_starts_from(data_dir, tmp_p
                                   weights['conv1.weight'].transpose(2, 3, 1, 0))
     np.testing.assert_array_equal(stats['visual']['bn1']['mean'], weights['bn1.running_mean'])
     assert pretrain.with_pretrained_backbone(c, tmp_path, fresh=True).model.pretrained == str(path)
+
+
+def test_label_trainer_fitted_in_pieces_equals_one_fit_across_an_epoch_end(data_dir):
+    """experiments/visibility_ceiling.py scores between `fit` calls: a later call must go on
+    where the last stopped (64 studies / batch 8 = 8 steps an epoch; 5 + 6 crosses its end)."""
+    import jax
+
+    from configs import smoke
+    from jima_jax.data import prepare
+    c = smoke.get_config()
+    c.model.backbone_width = 8
+    train = prepare.load_prepared(c.data).splits['train']
+    targets = pretrain.label_targets(train)
+    whole = pretrain.LabelTrainer(c, train, targets, batch_size=8, lr=1e-3)
+    whole.fit(11)
+    pieces = pretrain.LabelTrainer(c, train, targets, batch_size=8, lr=1e-3)
+    pieces.fit(5)
+    pieces.fit(6)
+    assert whole.done == pieces.done == 11
+    for a, b in zip(jax.tree.leaves(jax.device_get(whole.params)),
+                    jax.tree.leaves(jax.device_get(pieces.params))):
+        np.testing.assert_array_equal(a, b)
+    shifted = pretrain.LabelTrainer(c, train, targets, batch_size=8, lr=1e-3)
+    shifted.fit(5)
+    shifted._pos = 0  # restarting the epoch instead (the bug this guards against) differs
+    shifted.fit(6)
+    assert any(not np.array_equal(a, b) for a, b in zip(
+        jax.tree.leaves(jax.device_get(whole.params)),
+        jax.tree.leaves(jax.device_get(shifted.params))))
+    with pytest.raises(ValueError, match='3 target rows for 64 studies'):
+        pretrain.LabelTrainer(c, train, targets[:3], batch_size=8, lr=1e-3)

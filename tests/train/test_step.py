@@ -69,6 +69,42 @@ def test_fusion_is_the_cross_concatenation_product():
     np.testing.assert_allclose(got, np.maximum((a * b) @ w + bias, 0), rtol=1e-4, atol=1e-5)
 
 
+def test_concat_fusion_feeds_patches_and_q_side_by_side_with_the_same_parameters():
+    c, modeldef, params, stats = _setup()
+    cat = jima.JIMA(_config(fusion='concat').model, vocab_size=VOCAB, num_views=2,
+                    max_len=c.data.max_len + 1, rngs=nnx.Rngs(0))
+    _, cat_params, _ = step_lib.split_model(cat)
+    same_shapes = jax.tree.map(lambda a, b: a.shape == b.shape, params, cat_params)
+    assert all(jax.tree.leaves(same_shapes))  # checkpoints of either kind fit the other's tree
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 3, 512)).astype(np.float32)
+    q = rng.random((2, VOCAB)).astype(np.float32)
+    got = np.asarray(cat.report.fuse(jnp.asarray(x), jnp.asarray(q)))
+    w = np.asarray(cat_params['report']['fusion']['kernel'])
+    bias = np.asarray(cat_params['report']['fusion']['bias'])
+    want = np.maximum(x @ w[:512] + (q @ w[512:])[:, None, :] + bias, 0)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+    # With d < |V| (the narrow backbones: d = 128 at backbone_width 16) and q = 0, the paper's
+    # product drops every patch channel, so the fused tokens are the bias alone; concat keeps X.
+    vocab, x = 200, jnp.asarray(rng.normal(size=(2, 3, 128)).astype(np.float32))
+    for kind, patches_reach_f_t in (('cross', False), ('concat', True)):
+        narrow = jima.JIMA(_config(backbone_width=16, fusion=kind).model, vocab_size=vocab,
+                           num_views=1, max_len=13, rngs=nnx.Rngs(0))
+        fused = np.asarray(narrow.report.fuse(x, jnp.zeros((2, vocab))))
+        only_bias = np.maximum(np.asarray(narrow.report.fusion.bias.value), 0)
+        assert (np.abs(fused - only_bias).max() > 0.1) == patches_reach_f_t, kind
+
+
+def test_fusion_key_refuses_an_unknown_kind_and_reads_old_configs_as_cross():
+    with pytest.raises(ValueError, match=r"model.fusion='sum'.*'cross'.*'concat'"):
+        jima.JIMA(_config(fusion='sum').model, vocab_size=VOCAB, num_views=1, max_len=13,
+                  rngs=nnx.Rngs(0))
+    old = _config().model
+    del old['fusion']
+    assert jima.fusion(old) == 'cross'
+
+
 def _tree_equal(a, b):
     return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
@@ -118,6 +154,36 @@ def test_fused_step_equals_task1_then_task2_and_donates_the_state():
     for x, y in zip(jax.tree.leaves(expected.params), jax.tree.leaves(got.params)):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(float(metrics['lr/task1_factor']), 0.8, rtol=1e-6)
+
+
+def test_frozen_visual_keeps_f_r_bit_identical_skips_its_backward_and_trains_the_rest():
+    c, modeldef, params, stats = _setup()
+    frozen_c = _config()
+    frozen_c.optim.task1.visual_lr = 0.0
+    tables = losses.LossTables.uniform(VOCAB)
+    a, b, epoch = _batch(3, c), _batch(4, c), jnp.int32(0)
+    steps = {}
+    for name, cfg in (('trained', c), ('frozen', frozen_c)):
+        fn = jax.jit(step_lib.build_train_step(modeldef, cfg, VOCAB))
+        state = step_lib.init_train_state(cfg, params, stats)
+        hlo = fn.lower(state, a, b, epoch, tables).as_text()
+        steps[name] = (hlo.count('stablehlo.convolution'), jax.device_get(
+            fn(state, a, b, epoch, tables)))
+    (convs, (trained, m_t)), (frozen_convs, (frozen, m_f)) = steps['trained'], steps['frozen']
+    assert _tree_equal(frozen.params['visual'], jax.device_get(params['visual']))
+    assert not _tree_equal(trained.params['visual'], jax.device_get(params['visual']))
+    # The forward passes of batches A and B remain; the backward (data and filter gradients of
+    # every convolution of batch A, about twice its forward count) is gone.
+    assert 0 < frozen_convs < 0.6 * convs, (frozen_convs, convs)
+    # f_E's gradient does not pass through f_R's parameters, so from one state both steps give
+    # f_E and the BatchNorm statistics the same values (Task 2 then reads another f_R).
+    for x, y in zip(jax.tree.leaves(trained.params['entity']),
+                    jax.tree.leaves(frozen.params['entity'])):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    assert not _tree_equal(frozen.params['report'], jax.device_get(params['report']))
+    for x, y in zip(jax.tree.leaves(trained.batch_stats), jax.tree.leaves(frozen.batch_stats)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(m_f['loss/entity']), float(m_t['loss/entity']), rtol=1e-6)
 
 
 def test_joint_mode_updates_every_group_and_both_losses_fall_on_a_fixed_batch():
