@@ -39,11 +39,17 @@ from ml_collections import config_flags
 
 from jima_jax import atomic, configs
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'A config file or packaged name.')
-_STEPS = flags.DEFINE_list('steps', ['500', '1000', '2000'], 'Step counts to score at.')
-_BATCH = flags.DEFINE_integer('batch_size', 32, 'Studies per step.')
-_LR = flags.DEFINE_float('lr', 1e-3, 'Adam learning rate (pretrain.lr of the presets).')
-_OUT = flags.DEFINE_string('out', None, 'Output path prefix: <out>.json and <out>.md.')
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+    """The command line's flags, defined only when run as a script: importing this module (the
+    tests do, beside jima_jax.main, whose --config has the same name) must not define them."""
+    config_flags.DEFINE_config_file('config', None, 'A config file or packaged name.')
+    flags.DEFINE_list('steps', ['500', '1000', '2000'], 'Step counts to score at.')
+    flags.DEFINE_integer('batch_size', 32, 'Studies per step.')
+    flags.DEFINE_float('lr', 1e-3, 'Adam learning rate (pretrain.lr of the presets).')
+    flags.DEFINE_string('out', None, 'Output path prefix: <out>.json and <out>.md.')
 
 
 def _thresholded_f1(scores, labels, threshold) -> float:
@@ -195,28 +201,28 @@ def main(argv):
         raise app.UsageError('report takes its own arguments: see the module docstring.')
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-    config = _CONFIG.value
-    if config is None or not _OUT.value:
+    config = FLAGS.config
+    if config is None or not FLAGS.out:
         raise app.UsageError('--config and --out are required.')
     if config.data.name not in ('phantom', 'iu_phantom'):
         raise app.UsageError(f'data.name={config.data.name!r}: the ceiling needs a phantom corpus '
                              "('phantom' or 'iu_phantom'), whose splits store the drawn findings.")
     from jima_jax.runtime import cpu_host
     cpu_host.configure_cpu_host(config.parallel)
-    steps = [int(s) for s in _STEPS.value]
+    steps = [int(s) for s in FLAGS.steps]
     if not steps or min(steps) <= 0:
-        raise app.UsageError(f'--steps={",".join(_STEPS.value)}: expected positive step counts.')
+        raise app.UsageError(f'--steps={",".join(FLAGS.steps)}: expected positive step counts.')
     import jax
 
     from benchmarks import vs_pytorch
-    rows = run(config, steps, _BATCH.value, _LR.value)
-    out = pathlib.Path(_OUT.value)
+    rows = run(config, steps, FLAGS.batch_size, FLAGS.lr)
+    out = pathlib.Path(FLAGS.out)
     result = {'name': f'{config.model.backbone} w{config.model.backbone_width} '
                       f'{config.input.image_size}px',
               'image_size': int(config.input.image_size), 'config': config.to_dict(),
               'command': ' '.join(sys.argv), 'date': time.strftime('%Y-%m-%d'),
               'cpu': vs_pytorch.cpu_model(), 'cores': os.cpu_count(), 'jax': jax.__version__,
-              'batch_size': _BATCH.value, 'lr': _LR.value, 'rows': rows}
+              'batch_size': FLAGS.batch_size, 'lr': FLAGS.lr, 'rows': rows}
     atomic.write_text(out.with_suffix('.json'), json.dumps(result, indent=1) + '\n')
     atomic.write_text(out.with_suffix('.md'), markdown([result]))
     print(f'wrote {out.with_suffix(".json")} and {out.with_suffix(".md")}')
@@ -231,4 +237,5 @@ if __name__ == '__main__':
         report(sys.argv[2:i] + sys.argv[i + 2:], sys.argv[i + 1])
     else:
         sys.argv = configs.resolve_argv(sys.argv)
+        _define_flags()
         app.run(main)

@@ -157,7 +157,10 @@ def test_fused_step_equals_task1_then_task2_and_donates_the_state():
 
 
 def test_frozen_visual_keeps_f_r_bit_identical_skips_its_backward_and_trains_the_rest():
-    c, modeldef, params, stats = _setup()
+    c = _config()  # its own parameters: a test above donates the cached ones of _setup()
+    modeldef, params, stats = step_lib.split_model(
+        jima.JIMA(c.model, vocab_size=VOCAB, num_views=2, max_len=c.data.max_len + 1,
+                  rngs=nnx.Rngs(0)))
     frozen_c = _config()
     frozen_c.optim.task1.visual_lr = 0.0
     tables = losses.LossTables.uniform(VOCAB)
