@@ -94,7 +94,7 @@ class LabelTrainer:
     def __init__(self, config: ml_collections.ConfigDict, train: PreparedSplit,
                  targets: np.ndarray, *, batch_size: int, lr: float):
         mcfg = config.model
-        self.config, self.train, self.targets = config, train, np.asarray(targets, np.float32)
+        self.config, self.targets = config, np.asarray(targets, np.float32)
         if self.targets.shape[0] != len(train):
             raise ValueError(f'{self.targets.shape[0]} target rows for {len(train)} studies.')
         self.mesh = parallel.make_mesh(config.parallel)
