@@ -10,7 +10,10 @@ study):
 - AUC;
 - F1 at the threshold that maximises F1 on the validation split (what a tuned classifier gets);
 - F1 at the threshold that maximises it on the test split itself (an optimistic ceiling: no report
-  model reading these images with this backbone and budget should beat it).
+  model reading these images with this backbone and budget should beat it);
+- F1 at probability 0.5: a finding named when the classifier finds it more likely than not, the
+  rule a decoder that writes its most probable sentence follows (rare findings, whose F1-best
+  threshold lies far below 0.5, are the ones it loses).
 
 Drawn truth is a training signal no real dataset has, so this measures the images, not JIMA.
 
@@ -19,8 +22,17 @@ Drawn truth is a training signal no real dataset has, so this measures the image
   python -m experiments.visibility_ceiling --config configs/demo.py --steps 500,1000,2000 \
       --out experiments/results/visibility_ceiling_128px \
       --config.data.image_size=144 --config.input.image_size=128
+  python -m experiments.visibility_ceiling --config configs/demo.py --steps 900,1800,3600,7200 \
+      --out experiments/results/visibility_ceiling_64px_probe
   python -m experiments.visibility_ceiling report experiments/results/visibility_ceiling_64px.json \
-      experiments/results/visibility_ceiling_128px.json --out experiments/results/visibility_ceiling
+      experiments/results/visibility_ceiling_128px.json \
+      experiments/results/visibility_ceiling_64px_probe.json \
+      --out experiments/results/visibility_ceiling
+
+With --probe (on by default) each step count also fits a logistic regression to convergence on
+the backbone's frozen pooled features (`experiments.probe_backbone.fit_probe`): what f_R holds,
+apart from how far its own head has come. Runs before 2026-12-07 night have no probe and no F1 at
+0.5.
 
 Writes `<out>.json` (one row per step count; per-finding values included) and `<out>.md`;
 `report` draws the macro-F1 curves of several runs into `<out>.png` and a combined `<out>.md`.
@@ -50,6 +62,7 @@ def _define_flags() -> None:
     flags.DEFINE_integer('batch_size', 32, 'Studies per step.')
     flags.DEFINE_float('lr', 1e-3, 'Adam learning rate (pretrain.lr of the presets).')
     flags.DEFINE_string('out', None, 'Output path prefix: <out>.json and <out>.md.')
+    flags.DEFINE_bool('probe', True, 'Also fit a linear probe on the backbone at each count.')
 
 
 def _thresholded_f1(scores, labels, threshold) -> float:
@@ -90,9 +103,10 @@ def score(test_probs, test_truth, val_probs, val_truth, names) -> dict:
                 test_probs[:, i], labels, best_threshold(val_probs[:, i], val_truth[:, i])),
             'f1_oracle': _thresholded_f1(test_probs[:, i], labels,
                                          best_threshold(test_probs[:, i], labels)),
+            'f1_at_half': _thresholded_f1(test_probs[:, i], labels, 0.5),
         }
     macro = {k: float(np.nanmean([v[k] for v in per.values()]))
-             for k in ('auc', 'f1_val_threshold', 'f1_oracle')}
+             for k in ('auc', 'f1_val_threshold', 'f1_oracle', 'f1_at_half')}
     return {'macro': macro, 'findings': per}
 
 
@@ -104,7 +118,10 @@ def _truth(split):
     return phantom_truth.drawn_findings(split.truth_labels)
 
 
-def run(config, steps: list[int], batch_size: int, lr: float) -> list[dict]:
+def run(config, steps: list[int], batch_size: int, lr: float, probe: bool = True) -> list[dict]:
+    """Trains the classifier to each step count and scores it (and, with `probe`, a logistic
+    regression fitted to convergence on its frozen backbone's features:
+    experiments.probe_backbone)."""
     from jima_jax.data import prepare
     from jima_jax.evaluation import phantom_truth
     from jima_jax.train.pretrain import LabelTrainer
@@ -121,10 +138,23 @@ def run(config, steps: list[int], batch_size: int, lr: float) -> list[dict]:
         result = score(test_probs, _truth(test)[test_idx], val_probs, _truth(val)[val_idx],
                        names)
         rows.append({'steps': target, 'train_seconds': round(seconds, 1), **result})
+        if probe:  # what the backbone holds, whatever the head has learned so far
+            from experiments import probe_backbone
+            feats = {k: trainer.features(s) for k, s in (('train', train), ('val', val),
+                                                         ('test', test))}
+            predict = probe_backbone.fit_probe(feats['train'][0],
+                                               _truth(train)[feats['train'][1]])
+            rows[-1]['probe'] = score(predict(feats['test'][0]), _truth(test)[feats['test'][1]],
+                                      predict(feats['val'][0]), _truth(val)[feats['val'][1]],
+                                      names)
         m = result['macro']
         print(f'steps {target}: test macro AUC {m["auc"]:.3f}, F1 (val threshold) '
-              f'{m["f1_val_threshold"]:.3f}, F1 (oracle threshold) {m["f1_oracle"]:.3f} '
-              f'({seconds:.0f} s of training)', flush=True)
+              f'{m["f1_val_threshold"]:.3f}, F1 (oracle threshold) {m["f1_oracle"]:.3f}, '
+              f'F1 (at 0.5) {m["f1_at_half"]:.3f} ({seconds:.0f} s of training)', flush=True)
+        if probe:
+            m = rows[-1]['probe']['macro']
+            print(f'  linear probe of f_R: AUC {m["auc"]:.3f}, F1 (val threshold) '
+                  f'{m["f1_val_threshold"]:.3f}, F1 (at 0.5) {m["f1_at_half"]:.3f}', flush=True)
     return rows
 
 
@@ -140,13 +170,18 @@ def markdown(runs: list[dict]) -> str:
                          f'{r.get("cores", "?")} cores, jax {r["jax"]}; batch {r["batch_size"]}, '
                          f'Adam {r["lr"]})')
     lines += ['', '| run | image size | steps | train s | macro AUC | macro F1, val threshold | '
-             'macro F1, oracle threshold |', '|---|---:|---:|---:|---:|---:|---:|']
+             'macro F1, oracle threshold | macro F1 at 0.5 | probe: AUC / F1 val / F1 at 0.5 |',
+             '|---|---:|---:|---:|---:|---:|---:|---:|---|']
     for r in runs:
         for row in r['rows']:
             m = row['macro']
+            half = f'{m["f1_at_half"]:.3f}' if 'f1_at_half' in m else '–'
+            pm = row.get('probe', {}).get('macro')
+            probe = (f'{pm["auc"]:.3f} / {pm["f1_val_threshold"]:.3f} / {pm["f1_at_half"]:.3f}'
+                     if pm else '–')
             lines.append(f'| {r["name"]} | {r["image_size"]} | {row["steps"]} | '
                          f'{row["train_seconds"]:.0f} | {m["auc"]:.3f} | '
-                         f'{m["f1_val_threshold"]:.3f} | {m["f1_oracle"]:.3f} |')
+                         f'{m["f1_val_threshold"]:.3f} | {m["f1_oracle"]:.3f} | {half} | {probe} |')
     last = [r for r in runs if r['rows']]
     if last:
         names = sorted({n for r in last for n in r['rows'][-1]['findings']})
@@ -175,6 +210,11 @@ def plot(runs: list[dict], path: pathlib.Path) -> None:
                         label=f'{r["name"]}: oracle threshold')
         ax.plot(steps, [row['macro']['f1_val_threshold'] for row in r['rows']], 's--',
                 color=line.get_color(), label=f'{r["name"]}: validation threshold')
+        probed = [row for row in r['rows'] if 'probe' in row]
+        if probed:
+            ax.plot([row['steps'] for row in probed],
+                    [row['probe']['macro']['f1_at_half'] for row in probed], '^:',
+                    color=line.get_color(), label=f'{r["name"]}: linear probe at 0.5')
     ax.axhline(0.60, color='grey', lw=0.8, ls=':', label='demo goal (report model)')
     ax.set_xlabel('classifier training steps (batch 32)')
     ax.set_ylabel('test macro F1 over drawn findings')
@@ -190,6 +230,9 @@ def plot(runs: list[dict], path: pathlib.Path) -> None:
 
 def report(paths: list[str], out: str) -> None:
     runs = [json.loads(pathlib.Path(p).read_text()) for p in paths]
+    for r in runs:  # a re-run of the same backbone and size is told apart by its probe
+        if any('probe' in row for row in r['rows']) and not r['name'].endswith(', probed'):
+            r['name'] += ', probed'
     out_path = pathlib.Path(out)
     atomic.write_text(out_path.with_suffix('.md'), markdown(runs))
     plot(runs, out_path.with_suffix('.png'))
@@ -213,7 +256,7 @@ def main(argv):
     import jax
 
     from benchmarks import vs_pytorch
-    rows = run(config, steps, FLAGS.batch_size, FLAGS.lr)
+    rows = run(config, steps, FLAGS.batch_size, FLAGS.lr, FLAGS.probe)
     out = pathlib.Path(FLAGS.out)
     result = {'name': f'{config.model.backbone} w{config.model.backbone_width} '
                       f'{config.input.image_size}px',

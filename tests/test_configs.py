@@ -71,6 +71,13 @@ def test_demo_variants_are_the_recipes_whose_figures_the_readme_quotes():
     assert tiny.model.backbone_width == 64
     assert (tiny.optim.task1.lr, tiny.optim.task1.decay_rate,
             tiny.train.num_epochs) == (5e-4, 0.9, 6)
+    # ':more_pretraining': the demo with 3,600 pre-training steps on the 16 findings; the rest
+    # of the recipe is the demo's
+    more = demo.get_config('more_pretraining')
+    assert (more.pretrain.steps, more.pretrain.targets) == (3600, 'findings')
+    assert demo_.pretrain.targets == 'chexpert'
+    differing = {k for k, v in more.to_dict().items() if v != demo_.to_dict()[k]}
+    assert differing == {'pretrain'}
     with pytest.raises(ValueError, match='long'):
         demo.get_config('longer')
 

@@ -36,6 +36,10 @@ def test_score_uses_the_validation_threshold_and_skips_findings_without_test_pos
     assert out['macro']['f1_val_threshold'] == pytest.approx(1 / 3)
     assert out['macro']['f1_oracle'] == pytest.approx(0.9)
     assert out['macro']['auc'] == pytest.approx(0.875)
+    # at 0.5: a predicts studies 0, 1 (both positive) -> F1 1; c predicts 2, 3: TP 1 (3), FP 1
+    # (2), FN 1 (1) -> F1 1/2
+    assert (a['f1_at_half'], c['f1_at_half']) == (1.0, 0.5)
+    assert out['macro']['f1_at_half'] == pytest.approx(0.75)
 
 
 def test_markdown_lists_each_step_and_each_finding_of_the_last_one():
@@ -43,8 +47,13 @@ def test_markdown_lists_each_step_and_each_finding_of_the_last_one():
                              'macro': {'auc': 0.5, 'f1_val_threshold': f1, 'f1_oracle': f1},
                              'findings': {'a': {'support': 2, 'auc': 0.5, 'f1_val_threshold': f1,
                                                 'f1_oracle': f1}}}
+    probed = row(2, 0.5)
+    probed['macro']['f1_at_half'] = 0.125
+    probed['probe'] = {'macro': {'auc': 0.75, 'f1_val_threshold': 0.625, 'f1_oracle': 0.7,
+                                 'f1_at_half': 0.375}}
     text = ceiling.markdown([{'name': 'w16 64px', 'image_size': 64,
-                              'rows': [row(1, 0.25), row(2, 0.5)]}])
-    assert '| w16 64px | 64 | 1 | 10 | 0.500 | 0.250 | 0.250 |' in text
-    assert '| w16 64px | 64 | 2 | 20 | 0.500 | 0.500 | 0.500 |' in text
+                              'rows': [row(1, 0.25), probed]}])
+    assert '| w16 64px | 64 | 1 | 10 | 0.500 | 0.250 | 0.250 | – | – |' in text  # older rows
+    assert ('| w16 64px | 64 | 2 | 20 | 0.500 | 0.500 | 0.500 | 0.125 | 0.750 / 0.625 / 0.375 |'
+            in text)
     assert '| a | 2: 0.50 / 0.50 / 0.50 |' in text

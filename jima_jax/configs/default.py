@@ -116,6 +116,9 @@ def get_config(arg=None):
     c.pretrain.steps = 0
     c.pretrain.batch_size = 32  # studies per step
     c.pretrain.lr = 1e-3  # Adam
+    # chexpert: the 13 findings + abnormal | findings: + the 3 the labeler reads outside CheXpert
+    # (calcified granuloma, degenerative spine, hiatal hernia), which f_R is otherwise never shown
+    c.pretrain.targets = 'chexpert'
     c.pretrain.log_every_steps = 50
 
     # ---------------------------------------------------------------- losses (spec section 4)

@@ -36,15 +36,23 @@ from jima_jax.train import validate
 from jima_jax.train.run_setup import Setup
 
 
+def frozen_random_backbone_warning(config: ml_collections.ConfigDict) -> str:
+    """The warning for a frozen f_R with nothing to start from ('' when there is none): the
+    report model would read fixed random features. `config` as `train_and_evaluate` sees it,
+    model.pretrained already set by this run's pre-training."""
+    if optim_lib.visual_frozen(config.optim.task1) and not config.model.pretrained:
+        return ('warning: optim.task1.visual_lr=0 freezes f_R, and it starts from random weights '
+                '(pretrain.steps=0 and no model.pretrained): the report model reads fixed random '
+                'features. Set pretrain.steps or model.pretrained unless that is the point.')
+    return ''
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (resuming from `workdir` when it holds a checkpoint); returns the final metrics."""
     config = _with_pretrained_backbone(config, workdir)
-    if (optim_lib.visual_frozen(config.optim.task1) and not config.model.pretrained
-            and jax.process_index() == 0):
-        print('warning: optim.task1.visual_lr=0 freezes f_R, and it starts from random weights '
-              '(pretrain.steps=0 and no model.pretrained): the report model reads fixed random '
-              'features. Set pretrain.steps or model.pretrained unless that is the point.',
-              flush=True)
+    warning = frozen_random_backbone_warning(config)
+    if warning and jax.process_index() == 0:
+        print(warning, flush=True)
     run = run_setup.setup(config, workdir)
     config_json = run_setup.config_to_json(config)
     if jax.process_index() == 0:

@@ -7,6 +7,9 @@ from-scratch ResNet-18 began to read the phantom images only after 800-1,600 ste
 linear head learn the labels the package's labeler reads from each TRAINING report (13 findings
 found, i.e. positive or uncertain, plus normal/abnormal) with a multi-label BCE, the classifier
 pre-training radiology report generators commonly start from. No test or validation text is used.
+`pretrain.targets='findings'` adds the three findings the labeler reads outside CheXpert's 13
+(calcified granuloma, degenerative spine, hiatal hernia: IU X-ray's commonest, and drawn by the
+phantom corpora); with the 13 alone f_R is never asked to see them, and a frozen f_R never does.
 
 The result is written as `<workdir>/pretrain/backbone.safetensors` in torchvision layout, the
 format `model.pretrained` reads, plus `pretrain/summary.json` (losses and per-label validation
@@ -30,20 +33,42 @@ from flax import nnx
 from jima_jax import atomic, kernel_choice, torch_files
 from jima_jax.data import pipeline as pipeline_lib, prepare
 from jima_jax.data.types import PreparedSplit
+from jima_jax.evaluation import phantom_truth
 from jima_jax.model import jima, resnet
 from jima_jax.runtime import parallel
 from jima_jax.text.symbols import LABEL_POSITIVE, LABEL_UNCERTAIN, OBSERVATIONS
 from jima_jax.train import inputs, step as step_lib
 
 TARGETS = OBSERVATIONS[1:] + ('abnormal',)  # "No Finding" is the complement of `abnormal`
+TARGET_SETS = ('chexpert', 'findings')  # pretrain.targets
 BACKBONE_FILE = 'backbone.safetensors'
 _STREAM = 2  # its own shuffling stream, apart from Task 1's (0) and Task 2's (1)
 
 
-def label_targets(split: PreparedSplit) -> np.ndarray:
-    """float32 [N, 14]: each finding positive-or-uncertain in the report, then abnormal."""
-    found = np.isin(split.labels[:, 1:], (LABEL_POSITIVE, LABEL_UNCERTAIN))
+def target_names(kind: str = 'chexpert') -> tuple[str, ...]:
+    """The head's outputs for `pretrain.targets`: the 13 CheXpert findings (+ the 3 the labeler
+    reads outside them, for 'findings'), then abnormal."""
+    if kind == 'chexpert':
+        return TARGETS
+    if kind == 'findings':
+        return tuple(phantom_truth.FINDINGS) + ('abnormal',)
+    raise ValueError(f"pretrain.targets={kind!r}: expected one of {', '.join(TARGET_SETS)}.")
+
+
+def label_targets(split: PreparedSplit, kind: str = 'chexpert') -> np.ndarray:
+    """float32 [N, len(target_names(kind))]: each finding positive-or-uncertain in the report
+    (read by the labeler, as `phantom_truth` reads generated reports), then abnormal."""
+    if kind == 'findings':
+        found, _ = phantom_truth.read_reports([str(r) for r in split.reports])
+    else:
+        target_names(kind)  # refuses an unknown kind
+        found = np.isin(split.labels[:, 1:], (LABEL_POSITIVE, LABEL_UNCERTAIN))
     return np.concatenate([found, split.abnormal[:, None] > 0], axis=1).astype(np.float32)
+
+
+def targets_of(pcfg) -> str:
+    """pretrain.targets, 'chexpert' for configs written before the key existed."""
+    return str(pcfg.get('targets', 'chexpert'))
 
 
 def backbone_path(workdir) -> pathlib.Path:
@@ -56,6 +81,7 @@ def check_config(pcfg) -> None:
             raise ValueError(f'pretrain.{key}={pcfg[key]}: expected an integer >= {low}.')
     if not float(pcfg.lr) > 0:
         raise ValueError(f'pretrain.lr={pcfg.lr}: expected a positive learning rate.')
+    target_names(targets_of(pcfg))
 
 
 class LabelNet(nnx.Module):
@@ -70,11 +96,14 @@ class LabelNet(nnx.Module):
             dtype=jima.compute_dtype(mcfg.dtype), rngs=rngs)
         self.head = nnx.Linear(self.visual.feature_dim * num_views, num_targets, rngs=rngs)
 
-    def __call__(self, images, train: bool):
+    def features(self, images, train: bool):
+        """Pooled f_R features [B, V*d], as `JIMA.features` pools them for f_E and the decoder."""
         b, v, h, w, c = images.shape
         fmap = self.visual(images.reshape(b * v, h, w, c), train)
-        pooled = jnp.mean(fmap.astype(jnp.float32), axis=(1, 2)).reshape(b, -1)
-        return self.head(pooled)
+        return jnp.mean(fmap.astype(jnp.float32), axis=(1, 2)).reshape(b, -1)
+
+    def __call__(self, images, train: bool):
+        return self.head(self.features(images, train))
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -126,6 +155,8 @@ class LabelTrainer:
         self._step = jax.jit(step, in_shardings=(rep, rep, rep, batch_sh, batch_sh),
                              out_shardings=(rep, rep, rep, rep), donate_argnums=(0, 1, 2))
         self._predict = jax.jit(lambda p, s, x: jax.nn.sigmoid(forward(p, s, x, False)[0]))
+        self._features = jax.jit(lambda p, s, x: self.modeldef.merge(p, s).features(
+            jima.input_images(x, mcfg, icfg), False))
         self._pipe = inputs.training_pipeline(config, train, icfg)
         self._kept = pipeline_lib.StreamSpec(np.arange(len(train), dtype=np.int32), _STREAM)
         self._per_epoch = pipeline_lib.steps_per_epoch([self._kept], icfg.batch_size)
@@ -158,15 +189,22 @@ class LabelTrainer:
 
     def predict(self, split: PreparedSplit) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities [N, targets], study indices [N]) on `split`'s evaluation images."""
+        return self._evaluate(self._predict, split)
+
+    def features(self, split: PreparedSplit) -> tuple[np.ndarray, np.ndarray]:
+        """(pooled f_R features [N, V*d], study indices [N]) on `split`'s evaluation images."""
+        return self._evaluate(self._features, split)
+
+    def _evaluate(self, fn, split):
         pipe = inputs.host_pipeline(split, self.icfg, self.config.seed)
-        probs, index = [], []
+        rows, index = [], []
         for batch in pipe.eval_batches():
             images = parallel.put_batch({'images': batch['images']}, self.batch_sh)['images']
-            out = np.asarray(parallel.to_host(self._predict(self.params, self.stats, images)))
+            out = np.asarray(parallel.to_host(fn(self.params, self.stats, images)))
             keep = np.asarray(parallel.to_host(batch['mask'])) > 0
-            probs.append(out[keep])
+            rows.append(out[keep])
             index.append(np.asarray(parallel.to_host(batch['index']))[keep])
-        return np.concatenate(probs), np.concatenate(index)
+        return np.concatenate(rows), np.concatenate(index)
 
     def backbone(self):
         """The trained f_R as a host-side module."""
@@ -179,16 +217,18 @@ def pretrain(config: ml_collections.ConfigDict, workdir) -> pathlib.Path:
     check_config(pcfg)
     dataset = prepare.load_prepared(config.data)
     train = dataset.splits['train']
-    trainer = LabelTrainer(config, train, label_targets(train), batch_size=int(pcfg.batch_size),
-                           lr=float(pcfg.lr))
+    kind = targets_of(pcfg)
+    trainer = LabelTrainer(config, train, label_targets(train, kind),
+                           batch_size=int(pcfg.batch_size), lr=float(pcfg.lr))
     total = int(pcfg.steps)
     t0 = time.perf_counter()
     trainer.fit(total, log_every=int(pcfg.log_every_steps))
-    summary = {'steps': total, 'batch_size': int(pcfg.batch_size), 'targets': list(TARGETS),
+    summary = {'steps': total, 'batch_size': int(pcfg.batch_size),
+               'targets': list(target_names(kind)),
                'seconds': round(time.perf_counter() - t0, 1)}
     val = dataset.splits.get('val')
     if val is not None and len(val):
-        summary.update(_validate(val, trainer))
+        summary.update(_validate(val, trainer, kind))
     path = backbone_path(workdir)
     if jax.process_index() == 0:
         meta = {'backbone': mcfg.backbone, 'source': 'jima_jax pretrain',
@@ -204,13 +244,13 @@ def pretrain(config: ml_collections.ConfigDict, workdir) -> pathlib.Path:
     return path
 
 
-def _validate(split, trainer: LabelTrainer) -> dict:
+def _validate(split, trainer: LabelTrainer, kind: str = 'chexpert') -> dict:
     """Validation BCE and per-label AUC of the head: does the backbone see the findings?"""
     probs, index = trainer.predict(split)
-    targets = label_targets(split)[index]
+    targets = label_targets(split, kind)[index]
     eps = 1e-7
     bce = -np.mean(targets * np.log(probs + eps) + (1 - targets) * np.log(1 - probs + eps))
-    aucs = {name: auc(probs[:, i], targets[:, i]) for i, name in enumerate(TARGETS)}
+    aucs = {name: auc(probs[:, i], targets[:, i]) for i, name in enumerate(target_names(kind))}
     valid = [v for v in aucs.values() if not np.isnan(v)]
     return {'val/bce': float(bce), 'val/macro_auc': float(np.mean(valid)) if valid else None,
             **{f'val/auc/{k}': (None if np.isnan(v) else v) for k, v in aucs.items()}}

@@ -69,3 +69,13 @@ def test_bad_clip_name_is_reported():
     import pytest
     with pytest.raises(ValueError, match='clip'):
         optim.build_optimizer(_cfg(clip='sometimes'), ('visual', 'entity'))
+
+
+def test_a_frozen_f_r_without_pretrained_weights_is_warned_about_and_only_then():
+    from jima_jax.train import loop
+    c = default.get_config()
+    assert loop.frozen_random_backbone_warning(c) == ''  # f_R trained: nothing to warn about
+    c.optim.task1.visual_lr = 0.0
+    assert 'random weights' in loop.frozen_random_backbone_warning(c)
+    c.model.pretrained = '/some/backbone.safetensors'  # set by pre-training or by the user
+    assert loop.frozen_random_backbone_warning(c) == ''

@@ -66,6 +66,36 @@ def test_label_targets_count_uncertain_as_found_and_append_abnormal():
     assert pretrain.TARGETS[1] == 'Cardiomegaly' and pretrain.TARGETS[9] == 'Pleural Effusion'
 
 
+def test_findings_targets_add_the_three_other_findings_the_labeler_reads():
+    class Split:
+        reports = np.array(['Calcified granuloma in the right upper lobe. No pleural effusion.',
+                            'Degenerative changes of the spine. Small hiatal hernia. '
+                            'Heart size is enlarged.',
+                            'No hernia. Lungs are clear.'], object)
+        labels = np.full((3, 14), LABEL_BLANK, np.int8)
+        abnormal = np.array([1, 1, 0], np.int8)
+    names = pretrain.target_names('findings')
+    assert len(names) == 17 and names[:13] == pretrain.TARGETS[:13] and names[-1] == 'abnormal'
+    assert names[13:16] == ('calcified granuloma', 'degenerative spine', 'hiatal hernia')
+    t = pretrain.label_targets(Split, 'findings')
+    want = np.zeros((3, 17), np.float32)
+    want[0, [13, 16]] = 1  # the negated effusion is not a target
+    want[1, [1, 14, 15, 16]] = 1  # cardiomegaly read from the text, not from Split.labels
+    np.testing.assert_array_equal(t, want)  # the negated hernia of study 2 is not either
+
+
+def test_pretrain_targets_key_refuses_an_unknown_set_and_old_configs_read_chexpert():
+    import ml_collections
+    from jima_jax.configs import default
+    pcfg = default.get_config().pretrain
+    assert pretrain.targets_of(pcfg) == 'chexpert'
+    del pcfg['targets']
+    assert pretrain.targets_of(pcfg) == 'chexpert'  # a config written before the key
+    bad = ml_collections.ConfigDict({**pcfg.to_dict(), 'targets': 'drawn'})
+    with pytest.raises(ValueError, match=r"pretrain.targets='drawn'.*chexpert, findings"):
+        pretrain.check_config(bad)
+
+
 def test_auc_against_hand_counts():
     # positives 0.9, 0.3; negatives 0.8, 0.1: pairs won 0.9>0.8, 0.9>0.1, 0.3>0.1 -> 3/4
     assert pretrain.auc(np.array([0.9, 0.8, 0.3, 0.1]), np.array([1, 0, 1, 0])) == 0.75
