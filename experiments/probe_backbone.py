@@ -78,17 +78,17 @@ def fit_probe(x, y, steps: int = 600, lr: float = 1e-2, l2: float = 1e-4):
     return predict
 
 
-def pooled_features(config, model, split):
-    """f_R's pooled features [N, V*d] of `split` in study order (evaluation-mode BatchNorm)."""
+def pooled_features(config, model, splits: dict) -> dict:
+    """{name: f_R's pooled features [N, V*d] in study order} for each split of `splits`
+    (evaluation-mode BatchNorm; one jitted function for all of them)."""
     import jax
     import numpy as np
 
     from jima_jax.model import jima
     from jima_jax.runtime import parallel
     from jima_jax.train import inputs, step as step_lib
-    mesh = parallel.make_mesh(config.parallel)
+    sh = parallel.batch_sharding(parallel.make_mesh(config.parallel))
     modeldef, params, stats = step_lib.split_model(model)
-    sh = parallel.batch_sharding(mesh)
     icfg = config.input
 
     @jax.jit
@@ -96,14 +96,17 @@ def pooled_features(config, model, split):
         m = modeldef.merge(p, s)
         return m.features(jima.input_images(images, config.model, icfg), False, False)[1]
 
-    rows, index = [], []
-    for batch in inputs.host_pipeline(split, icfg, config.seed).eval_batches():
-        images = parallel.put_batch({'images': batch['images']}, sh)['images']
-        keep = np.asarray(parallel.to_host(batch['mask'])) > 0
-        rows.append(np.asarray(parallel.to_host(pooled(params, stats, images)))[keep])
-        index.append(np.asarray(parallel.to_host(batch['index']))[keep])
-    out = np.empty((len(split), rows[0].shape[1]), np.float32)
-    out[np.concatenate(index)] = np.concatenate(rows)
+    out = {}
+    for name, split in splits.items():
+        rows, index = [], []
+        for batch in inputs.host_pipeline(split, icfg, config.seed).eval_batches():
+            images = parallel.put_batch({'images': batch['images']}, sh)['images']
+            keep = np.asarray(parallel.to_host(batch['mask'])) > 0
+            rows.append(np.asarray(parallel.to_host(pooled(params, stats, images)))[keep])
+            index.append(np.asarray(parallel.to_host(batch['index']))[keep])
+        feats = np.empty((len(split), rows[0].shape[1]), np.float32)
+        feats[np.concatenate(index)] = np.concatenate(rows)
+        out[name] = feats
     return out
 
 
@@ -147,7 +150,7 @@ def probe(config, workdir, backbones, probe_steps: int) -> list[dict]:
     for which in backbones:
         t0 = time.perf_counter()
         model = backbone_model(config, pathlib.Path(workdir), which, dataset.vocab_size)
-        feats = {k: pooled_features(config, model, s) for k, s in splits.items()}
+        feats = pooled_features(config, model, splits)
         predict = fit_probe(feats['train'], truth['train'], steps=probe_steps)
         result = ceiling.score(predict(feats['test']), truth['test'], predict(feats['val']),
                                truth['val'], names)
