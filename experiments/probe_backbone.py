@@ -86,7 +86,7 @@ def pooled_features(config, model, splits: dict) -> dict:
 
     from jima_jax.model import jima
     from jima_jax.runtime import parallel
-    from jima_jax.train import inputs, step as step_lib
+    from jima_jax.train import pretrain, step as step_lib
     sh = parallel.batch_sharding(parallel.make_mesh(config.parallel))
     modeldef, params, stats = step_lib.split_model(model)
     icfg = config.input
@@ -98,15 +98,10 @@ def pooled_features(config, model, splits: dict) -> dict:
 
     out = {}
     for name, split in splits.items():
-        rows, index = [], []
-        for batch in inputs.host_pipeline(split, icfg, config.seed).eval_batches():
-            images = parallel.put_batch({'images': batch['images']}, sh)['images']
-            keep = np.asarray(parallel.to_host(batch['mask'])) > 0
-            rows.append(np.asarray(parallel.to_host(pooled(params, stats, images)))[keep])
-            index.append(np.asarray(parallel.to_host(batch['index']))[keep])
-        feats = np.empty((len(split), rows[0].shape[1]), np.float32)
-        feats[np.concatenate(index)] = np.concatenate(rows)
-        out[name] = feats
+        rows, index = pretrain.eval_rows(lambda x: pooled(params, stats, x), split, icfg,
+                                         config.seed, sh)
+        out[name] = np.empty_like(rows)
+        out[name][index] = rows
     return out
 
 

@@ -196,19 +196,24 @@ class LabelTrainer:
         return self._evaluate(self._features, split)
 
     def _evaluate(self, fn, split):
-        pipe = inputs.host_pipeline(split, self.icfg, self.config.seed)
-        rows, index = [], []
-        for batch in pipe.eval_batches():
-            images = parallel.put_batch({'images': batch['images']}, self.batch_sh)['images']
-            out = np.asarray(parallel.to_host(fn(self.params, self.stats, images)))
-            keep = np.asarray(parallel.to_host(batch['mask'])) > 0
-            rows.append(out[keep])
-            index.append(np.asarray(parallel.to_host(batch['index']))[keep])
-        return np.concatenate(rows), np.concatenate(index)
+        return eval_rows(lambda images: fn(self.params, self.stats, images), split, self.icfg,
+                         self.config.seed, self.batch_sh)
 
     def backbone(self):
         """The trained f_R as a host-side module."""
         return self.modeldef.merge(jax.device_get(self.params), jax.device_get(self.stats)).visual
+
+
+def eval_rows(fn, split: PreparedSplit, icfg, seed: int, batch_sh) -> tuple[np.ndarray, np.ndarray]:
+    """(fn(images) rows [N, ...], study indices [N]) over `split`'s evaluation batches, padding
+    dropped; `fn` takes the batch's images placed with `batch_sh`."""
+    rows, index = [], []
+    for batch in inputs.host_pipeline(split, icfg, seed).eval_batches():
+        images = parallel.put_batch({'images': batch['images']}, batch_sh)['images']
+        keep = np.asarray(parallel.to_host(batch['mask'])) > 0
+        rows.append(np.asarray(parallel.to_host(fn(images)))[keep])
+        index.append(np.asarray(parallel.to_host(batch['index']))[keep])
+    return np.concatenate(rows), np.concatenate(index)
 
 
 def pretrain(config: ml_collections.ConfigDict, workdir) -> pathlib.Path:
