@@ -61,7 +61,8 @@ def test_main_loads_packaged_configs_by_name_from_any_directory(tmp_path):
     # the variant reaches demo.py's get_config
     proc = _main_from(tmp_path, '--config=demo:bogus')
     assert proc.returncode == 2
-    assert "expected no variant, ':long', ':wide', ':tiny' or ':more_pretraining'" in proc.stderr
+    assert ("expected no variant, ':uncached', ':more_pretraining', ':long', ':wide' or ':tiny'"
+            in proc.stderr)
     proc = _main_from(tmp_path, '--config', 'smoke', '--config.input.batch_size=0',
                       '--workdir', str(tmp_path / 'run'))
     assert proc.returncode == 2 and 'config input.batch_size=0 is out of range' in proc.stderr

@@ -163,6 +163,11 @@ def get_config(arg=None):
     c.train.mode = 'alternate'
     c.train.num_epochs = 100
     c.train.max_steps = 0  # stop after this many steps (0 = no limit); for smoke runs
+    # With f_R frozen (optim.task1.visual_lr=0): compute its features of every training study
+    # once (evaluation mode, no augmentation) and train f_E and the report model on that table
+    # instead of running f_R on every batch (jima_jax/train/feature_cache.py; README: the demo's
+    # step in about half the time)
+    c.train.feature_cache = False
     c.train.steps_per_epoch = 0  # 0 = one pass over the (kept) training set
     c.train.log_every_steps = 10
     c.train.eval_every_epochs = 1

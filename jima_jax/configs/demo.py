@@ -5,27 +5,29 @@ r"""The `make demo` run: JIMA on the built-in phantom corpus, about 10 CPU-minut
 
 The recipe was chosen by measurement (experiments/reading_sweep.py and the demo runs in the README,
 "Models that read the radiograph"): 3,000 studies, f_R first pre-trained on the labels the labeler
-reads from the training reports (`pretrain.steps`), then Algorithm 1 at constant learning rates
-2e-3 (alpha) / 1e-3 (beta), with a ResNet-18 of a quarter of torchvision's width
-(`model.backbone_width=16`, about 1/16 of its FLOPs): its steps cost a third as much, so the
-10 minutes buy 900 pre-training and 2,618 training steps instead of 300 + 748, and the model
-reads its images clearly. Since the evening of 2026-12-07 f_R is frozen after pre-training
-(`optim.task1.visual_lr=0`): the step skips f_R's backward pass, so 20 epochs (3,740 steps) take
-less time than the 14 with f_R trained, and the report model names more of the findings.
-':long' (width 64, 400 + 3,200 steps, about 25-30 minutes on 2 CPU
-cores) is the full-width run the README quotes; ':wide' is the demo of 2026-12-04 to 12-07
-(width 64, 300 + 748 steps, at the onset of reading); ':tiny' is the former 3-minute demo (480
-studies, 180 steps), which writes one report for every study. ':more_pretraining' (about 12
-minutes) pre-trains f_R four times as long, on all 16 findings the labeler reads
-(`pretrain.targets='findings'`): the README's best measured phantom-truth F1 per CPU minute.
+reads from the training reports (`pretrain.steps`, all 16 findings: `pretrain.targets`), then
+frozen (`optim.task1.visual_lr=0`) while Algorithm 1 trains f_E and the report model at constant
+learning rates 2e-3 (alpha) / 1e-3 (beta), on a ResNet-18 of a quarter of torchvision's width
+(`model.backbone_width=16`, about 1/16 of its FLOPs). The frozen f_R's features are computed once
+and read from a table (`train.feature_cache`): a training step then costs about half as much, and
+the minutes saved buy 1,800 pre-training steps instead of 900, a backbone that sees more.
+':uncached' is the demo of the evening of 2026-12-07 (900 pre-training steps on the 13 CheXpert
+findings, f_R run on every batch); ':more_pretraining' is that recipe with 3,600 pre-training
+steps on the 16 findings (about 12 minutes on an AMD EPYC). ':long' (width 64, 400 + 3,200
+steps, about 25-30 minutes on 2 CPU cores, f_R trained in Task 1) is the full-width run the
+README quotes; ':wide' is the demo of 2026-12-04 to 12-07 (width 64, 300 + 748 steps, at the
+onset of reading); ':tiny' is the former 3-minute demo (480 studies, 180 steps), which writes
+one report for every study.
 """
 from jima_jax.configs import default
 
+VARIANTS = (None, '', 'uncached', 'more_pretraining', 'long', 'wide', 'tiny')
+
 
 def get_config(arg=None):
-    if arg not in (None, '', 'long', 'wide', 'tiny', 'more_pretraining'):
-        raise ValueError(f"configs/demo.py:{arg}: expected no variant, ':long', ':wide', "
-                         "':tiny' or ':more_pretraining'.")
+    if arg not in VARIANTS:
+        raise ValueError(f"configs/demo.py:{arg}: expected no variant, ':uncached', "
+                         "':more_pretraining', ':long', ':wide' or ':tiny'.")
     c = default.get_config()
     c.data.name = 'phantom'
     c.data.image_size = 72
@@ -39,8 +41,9 @@ def get_config(arg=None):
     c.input.image_size = 64
     default.use_cpu_minutes_model(c)
     c.model.backbone_width = 16  # a third of the step time of width 64: more steps per minute
-    c.pretrain.steps = 900
+    c.pretrain.steps = 1800
     c.pretrain.batch_size = 32
+    c.pretrain.targets = 'findings'  # with 1,800+ steps f_R also learns granuloma, spine, hernia
     c.optim.task1.lr = 2e-3
     c.optim.task2.lr = 1e-3
     c.optim.task1.decay_rate = c.optim.task2.decay_rate = 1.0
@@ -48,9 +51,15 @@ def get_config(arg=None):
     # (about half the step), and the pre-trained features are kept (README: better phantom-truth
     # F1 in both seeds measured, in less time than 14 epochs with f_R trained)
     c.optim.task1.visual_lr = 0.0
+    # the frozen f_R's features once, in a table: the step runs f_E and the report model only
+    c.train.feature_cache = True
     c.train.num_epochs = 20  # 3,740 steps
     c.train.log_every_steps = 50
     c.decode.max_len = 48
+    if arg in ('uncached', 'more_pretraining', 'long', 'wide', 'tiny'):  # measured uncached
+        c.train.feature_cache = False
+        c.pretrain.steps = 900
+        c.pretrain.targets = 'chexpert'
     if arg in ('long', 'wide', 'tiny'):
         c.model.backbone_width = 64
         c.optim.task1.visual_lr = -1.0  # f_R trained in Task 1, as measured for these variants
@@ -62,7 +71,7 @@ def get_config(arg=None):
         c.train.num_epochs = 18
         c.train.max_steps = 3200
         c.train.log_every_steps = 50
-    if arg == 'more_pretraining':  # the demo's recipe with a backbone that sees more
+    if arg == 'more_pretraining':  # ':uncached' with a backbone that sees more
         c.pretrain.steps = 3600
         c.pretrain.targets = 'findings'
     if arg == 'tiny':  # the demo before 2026-12-04

@@ -195,6 +195,10 @@ class JIMA(nnx.Module):
         images [B, V, H, W, C] normalised (`input_images`); `train`/`update_stats` as for
         `features`; `rngs` (training only) drives f_E's dropout."""
         patches, pooled = self.features(images, train, update_stats)
+        return self.encode_features(patches, pooled, rngs)
+
+    def encode_features(self, patches, pooled, rngs: Optional[nnx.Rngs] = None) -> Encoding:
+        """f_E and q on f_R's output (`features`, or its cache: train.feature_cache)."""
         if not self.entity_fusion:
             return Encoding(patches, pooled, None, None)
         logits = self.entity_logits(patches, pooled, rngs).astype(jnp.float32)

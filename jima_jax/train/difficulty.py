@@ -31,7 +31,7 @@ import numpy as np
 from jima_jax.data.types import PreparedSplit
 from jima_jax.runtime import parallel
 from jima_jax.text.symbols import EOS_ID, PAD_ID
-from jima_jax.train import inputs, step as step_lib
+from jima_jax.train import feature_cache, inputs, step as step_lib
 
 K2_MODES = ('all', 'balanced')
 
@@ -109,8 +109,14 @@ def build_score_step(modeldef: step_lib.ModelDef, mcfg, icfg) -> Callable:
 
     def score(params, batch_stats, batch):
         model = modeldef.merge(params, batch_stats)
-        images, tokens_in, targets = step_lib._inputs(batch, mcfg, icfg)
-        ent_logits, logits = model(images, tokens_in)  # ent_logits None in the R2Gen baseline
+        if 'patches' in batch:  # cached f_R features (train.feature_cache): evaluation mode too
+            tokens_in, targets = step_lib._tokens(batch)
+            enc = model.encode_features(batch['patches'], batch['pooled'])
+            ent_logits, logits = enc.entity_logits, model.report(enc.patches, enc.q, tokens_in,
+                                                                 None)
+        else:
+            images, tokens_in, targets = step_lib._inputs(batch, mcfg, icfg)
+            ent_logits, logits = model(images, tokens_in)  # None in the R2Gen baseline
         return example_difficulty(ent_logits, logits.astype(jnp.float32), targets,
                                   batch['entities'])
 
@@ -126,12 +132,15 @@ def jit_score_step(score_fn: Callable, mesh, state_sharding) -> Callable:
 
 
 def score_split(score_fn: Callable, params, batch_stats, split: PreparedSplit, icfg, *,
-                seed: int, mesh) -> Difficulty:
-    """Difficulties of every example of `split` (eval batches; padding rows dropped)."""
+                seed: int, mesh, features=None) -> Difficulty:
+    """Difficulties of every example of `split` (eval batches; padding rows dropped); with
+    `features` (the split's `feature_cache.FeatureTable`) f_R is read from it, not run."""
     pipe = inputs.host_pipeline(split, icfg, seed)
     sharding = parallel.batch_sharding(mesh)
     outputs = []  # device arrays; fetched once at the end so dispatch runs ahead of the host
     for batch in pipe.eval_batches():
+        if features is not None:
+            batch = feature_cache.swap_in(batch, features)
         device_batch = parallel.put_batch(batch, sharding)
         outputs.append((score_fn(params, batch_stats, device_batch), device_batch['index'],
                         device_batch['mask']))

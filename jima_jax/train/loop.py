@@ -29,7 +29,8 @@ from jima_jax import atomic
 from jima_jax.data import pipeline as pipeline_lib
 from jima_jax.model import jima
 from jima_jax.runtime import distributed, parallel
-from jima_jax.train import checkpoint, curriculum as curriculum_lib, difficulty, inputs
+from jima_jax.train import checkpoint, curriculum as curriculum_lib, difficulty, feature_cache
+from jima_jax.train import inputs
 from jima_jax.train import optim as optim_lib, pretrain as pretrain_lib, reporting, run_setup
 from jima_jax.train import step as step_lib
 from jima_jax.train import validate
@@ -63,7 +64,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train_step = step_lib.jit_train_step(
         step_lib.build_train_step(run.modeldef, config, run.vocab_size), run.mesh,
         run.state_sharding)
-    epochs = _Epochs(run, cur)
+    features = feature_cache.for_run(run)  # None unless train.feature_cache
+    epochs = _Epochs(run, cur, features)
     reporter = reporting.RunReporter(run.workdir, enabled=jax.process_index() == 0,
                                      resume_step=step)
     if step:
@@ -72,7 +74,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     step_log = _StepLog(reporter, config, epochs, first_step=step,
                         total_steps=epochs.estimated_total(progress.epoch))
     validation = _Validation(run, reporter)
-    score_curriculum = _CurriculumScoring(run, cur)
+    score_curriculum = _CurriculumScoring(run, cur, features)
 
     epoch: Optional[_Epoch] = None  # the epoch being trained; None between two epochs
     after: Optional[str] = None  # the last unit of work: None (none yet), 'step' or 'epoch_end'
@@ -273,11 +275,14 @@ class _Epoch:
 
 class _Epochs:
     """Each epoch's batches: two streams (A: Task 1's kept set, B: Task 2's) in both modes; the
-    R2Gen baseline (model.entity_fusion=False) trains on stream B alone."""
+    R2Gen baseline (model.entity_fusion=False) trains on stream B alone. With a feature table
+    (train.feature_cache) each batch carries its studies' cached f_R features, not images."""
 
-    def __init__(self, run: Setup, cur: curriculum_lib.Curriculum):
+    def __init__(self, run: Setup, cur: curriculum_lib.Curriculum,
+                 features: Optional[feature_cache.FeatureTable] = None):
         config = run.config
         self._cur = cur
+        self._features = features
         self._pipe = inputs.training_pipeline(config, run.dataset.splits['train'])
         self._sharding = parallel.batch_sharding(run.mesh)
         self._one_stream = not jima.entity_fusion(config.model)
@@ -309,6 +314,8 @@ class _Epochs:
 
     def _on_devices(self, iters) -> Iterator[tuple[dict, dict]]:
         for batches in zip(*iters):
+            if self._features is not None:
+                batches = [feature_cache.swap_in(b, self._features) for b in batches]
             batch_b = parallel.put_batch(batches[-1], self._sharding)
             batch_a = batch_b if self._one_stream else parallel.put_batch(batches[0],
                                                                           self._sharding)
@@ -389,8 +396,9 @@ class _CurriculumScoring:
     """At the end of an epoch the curriculum scores: every training example's difficulty under
     the current model -> the next epoch's kept sets; one console line."""
 
-    def __init__(self, run: Setup, cur: curriculum_lib.Curriculum):
-        self._run, self._cur = run, cur
+    def __init__(self, run: Setup, cur: curriculum_lib.Curriculum,
+                 features: Optional[feature_cache.FeatureTable] = None):
+        self._run, self._cur, self._features = run, cur, features
         self._score_fn = None  # jitted on first use
 
     def __call__(self, epoch: int, state, metrics: dict) -> None:
@@ -402,7 +410,7 @@ class _CurriculumScoring:
         t0 = time.perf_counter()
         cur.observe(epoch, difficulty.score_split(
             self._score_fn, state.params, state.batch_stats, train, config.input,
-            seed=config.seed, mesh=run.mesh), metrics)
+            seed=config.seed, mesh=run.mesh, features=self._features), metrics)
         c1, c2 = cur.ratios()
         print(f'  curriculum: scored {len(train)} examples in {time.perf_counter() - t0:.1f}s; '
               f'next epoch keeps {len(cur.kept(epoch + 1)[0])} / {len(cur.kept(epoch + 1)[1])} '

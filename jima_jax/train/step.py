@@ -13,7 +13,9 @@ optimizers step. With model.entity_fusion=False (the R2Gen baseline) there is on
 batch B trains f_R (optimizer alpha) and fusion + f_T (beta) together. The imbalance weights
 (`LossTables`) are looked up inside the same program, so reweighting costs no extra pass. The
 model is an NNX module split once into a graph definition and pure dict pytrees; the step merges
-it inside the trace, which is free at run time.
+it inside the trace, which is free at run time. A batch may carry its studies' cached f_R
+features ('patches', 'pooled') in place of 'images' (train.feature_cache, f_R frozen): f_R is then
+not run at all.
 """
 
 from __future__ import annotations
@@ -89,10 +91,24 @@ def init_train_state(config, params: dict, batch_stats: dict) -> TrainState:
                       rng=key)
 
 
+def _tokens(batch):
+    """(decoder input tokens, target tokens) of a batch."""
+    return batch['tokens'][:, :-1], batch['tokens'][:, 1:]
+
+
 def _inputs(batch, mcfg, icfg):
     """(images as the model reads them, decoder input tokens, target tokens) of a batch."""
-    tokens = batch['tokens']
-    return jima.input_images(batch['images'], mcfg, icfg), tokens[:, :-1], tokens[:, 1:]
+    return (jima.input_images(batch['images'], mcfg, icfg),) + _tokens(batch)
+
+
+def _encode(model, batch, mcfg, icfg, *, update_stats: bool = True,
+            rngs: Optional[nnx.Rngs] = None) -> jima.Encoding:
+    """f_R (train mode) and f_E of a training batch; a batch that carries its cached f_R
+    features ('patches', 'pooled': train.feature_cache) runs f_E alone on them."""
+    if 'patches' in batch:
+        return model.encode_features(batch['patches'], batch['pooled'], rngs)
+    return model.encode(jima.input_images(batch['images'], mcfg, icfg), train=True,
+                        update_stats=update_stats, rngs=rngs)
 
 
 # Dropout keys of f_E (the release's mlp head) are folded out of the step key under these tags;
@@ -106,10 +122,10 @@ def _entity_rngs(key, tag: int) -> Optional[nnx.Rngs]:
     return None if key is None else nnx.Rngs(dropout=jax.random.fold_in(key, tag))
 
 
-def _entity_terms(model, images, batch, tables: losses.LossTables, vocab_size: int,
+def _entity_terms(model, batch, tables: losses.LossTables, vocab_size: int, mcfg, icfg,
                   rngs: Optional[nnx.Rngs] = None):
     """(weighted sum, weight count) of the entity BCE of f_R + f_E in train mode."""
-    logits = model.encode(images, train=True, rngs=rngs).entity_logits
+    logits = _encode(model, batch, mcfg, icfg, rngs=rngs).entity_logits
     return losses.entity_bce(logits, losses.entity_targets(batch['entities'], vocab_size),
                              batch['mask'], tables.entity_pos_weights,
                              tables.label_weights[batch['abnormal']])
@@ -180,14 +196,14 @@ class TaskUpdates:
     def task1_grads(self, state: TrainState, batch: dict, tables: losses.LossTables, key=None):
         """(gradient of entity_weight * L1 for f_R + f_E (before `_total`), L1, the BatchNorm
         statistics after `batch`)."""
-        images, _, _ = _inputs(batch, self.config.model, self.config.input)
+        mcfg, icfg = self.config.model, self.config.input
         p_report = task2_params(state.params)
         weight = float(self.config.loss.entity_weight)
         frozen = optim.visual_frozen(self.config.optim.task1)
 
         def loss_fn(p1):
             model = self._merge({**_stop_visual(p1, frozen), **p_report}, state.batch_stats)
-            s, c = _entity_terms(model, images, batch, tables, self.vocab_size,
+            s, c = _entity_terms(model, batch, tables, self.vocab_size, mcfg, icfg,
                                  _entity_rngs(key, _ENTITY_DROPOUT_TASK1))
             loss = s / self._total(c)
             stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
@@ -208,10 +224,10 @@ class TaskUpdates:
     def task2_grads(self, state: TrainState, batch: dict, tables: losses.LossTables, key):
         """(gradient of L2 for fusion + f_T (before `_total`), L2): f_R and f_E encode `batch`
         with their gradients stopped, so L2 reaches nothing else."""
-        images, tokens_in, targets = _inputs(batch, self.config.model, self.config.input)
+        tokens_in, targets = _tokens(batch)
         frozen = self._merge(state.params, state.batch_stats)
-        enc = frozen.encode(images, train=True, update_stats=False,
-                            rngs=_entity_rngs(key, _ENTITY_DROPOUT_TASK2))
+        enc = _encode(frozen, batch, self.config.model, self.config.input, update_stats=False,
+                      rngs=_entity_rngs(key, _ENTITY_DROPOUT_TASK2))
         patches, q = jax.lax.stop_gradient((enc.patches, enc.q))
         p1 = task1_params(state.params)
 
@@ -252,13 +268,13 @@ class TaskUpdates:
         """The R2Gen baseline (model.entity_fusion=False): L2 on `batch` trains f_R (optimizer
         alpha, BatchNorm statistics updated) and fusion + f_T (beta) in one step; `global_clip`
         (joint mode) clips the global norm as `joint` does, else each optimizer's `clip`."""
-        images, tokens_in, targets = _inputs(batch, self.config.model, self.config.input)
-
+        tokens_in, targets = _tokens(batch)
+        mcfg, icfg = self.config.model, self.config.input
         frozen = optim.visual_frozen(self.config.optim.task1)
 
         def loss_fn(params):
             model = self._merge(_stop_visual(params, frozen), state.batch_stats)
-            enc = model.encode(images, train=True)  # no f_E: enc.q is None
+            enc = _encode(model, batch, mcfg, icfg)  # no f_E: enc.q is None
             s, c = _report_terms(model, enc.patches, enc.q, tokens_in, targets, batch, tables,
                                  nnx.Rngs(dropout=key))
             return s / self._total(c), nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
