@@ -130,7 +130,7 @@ class SplitPipeline:
         return index_batches[:, self.process_index * per:(self.process_index + 1) * per]
 
     def _dataset(self, index_batches: np.ndarray, mask_batches: np.ndarray, *, train: bool,
-                 epoch: int):
+                 epoch: int, with_images: bool = True):
         import tensorflow as tf
         c = self._constants()
         size = int(self.icfg.image_size)
@@ -159,6 +159,10 @@ class SplitPipeline:
             return images
 
         def load(idx, mask):
+            out = dict(tokens=tf.gather(c['tokens'], idx), entities=tf.gather(c['entities'], idx),
+                       abnormal=tf.gather(c['abnormal'], idx), mask=mask, index=idx)
+            if not with_images:
+                return out
             images = gather_images(idx)
             if crop or flip or stored != size:
                 b, v = tf.shape(images)[0], tf.shape(images)[1]
@@ -170,9 +174,7 @@ class SplitPipeline:
                 flat = tf.map_fn(lambda a: one_view(a[0], a[1]), (flat, seeds),
                                  fn_output_signature=tf.TensorSpec((size, size), tf.uint8))
                 images = tf.reshape(flat, (b, v, size, size))
-            return dict(images=images, tokens=tf.gather(c['tokens'], idx),
-                        entities=tf.gather(c['entities'], idx),
-                        abnormal=tf.gather(c['abnormal'], idx), mask=mask, index=idx)
+            return dict(images=images, **out)
 
         ds = tf.data.Dataset.from_tensor_slices((index_batches.astype(np.int32),
                                                  mask_batches.astype(np.float32)))
@@ -189,14 +191,16 @@ class SplitPipeline:
         return ds.prefetch(max(int(self.icfg.prefetch), 1))
 
     def train_batches(self, stream: StreamSpec, *, epoch: int, num_steps: int,
-                      start_step: int = 0) -> Iterator[dict]:
-        """Batches `start_step..num_steps-1` of `stream` in `epoch` (numpy dicts)."""
+                      start_step: int = 0, with_images: bool = True) -> Iterator[dict]:
+        """Batches `start_step..num_steps-1` of `stream` in `epoch` (numpy dicts); without
+        'images' when not `with_images` (a run that reads cached f_R features instead: the
+        same batches, none of the image work)."""
         b = int(self.icfg.batch_size)
         order = epoch_order(stream.kept, num_steps * b, seed=self.seed, stream=stream.stream,
                             epoch=epoch).reshape(num_steps, b)[start_step:]
         order = self._local(order)
         yield from self._dataset(order, np.ones(order.shape, np.float32), train=True,
-                                 epoch=epoch).as_numpy_iterator()
+                                 epoch=epoch, with_images=with_images).as_numpy_iterator()
 
     def eval_batches(self, indices: Optional[np.ndarray] = None) -> Iterator[dict]:
         """Every example once, in order; the last batch padded (mask 0) to full size."""

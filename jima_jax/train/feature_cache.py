@@ -5,9 +5,9 @@ runs f_R forward on both of its batches, about 45% of the demo's step, to recomp
 that cannot change. With `train.feature_cache` the run computes them once, before the first step:
 every training study's patch and pooled features with evaluation-mode BatchNorm (the running
 statistics) on its evaluation image (no random crop or flip), which are exactly the features
-evaluation and decoding give the report model. Each training batch then carries its rows of
-that table ('patches', 'pooled') in place of 'images', and the step runs f_E and the report
-model on them (`step._encode`).
+evaluation and decoding give the report model. The input pipeline then skips the images, each
+training batch carries its rows of that table ('patches', 'pooled') instead, and the step runs
+f_E and the report model on them (`step._encode`).
 
 The cached step is the uncached one with `model.freeze_bn_stats=True` and `input.augment=False`
 (tests/train/test_feature_cache.py checks that equivalence): it trains f_E and the report model
@@ -119,7 +119,8 @@ def for_run(run) -> Optional[FeatureTable]:
 
 
 def swap_in(batch: dict, table: FeatureTable) -> dict:
-    """A host training batch with its studies' cached features in place of its images."""
+    """A host training batch with its studies' cached features (in place of its images, if it
+    has any)."""
     out = {k: v for k, v in batch.items() if k != 'images'}
     index = np.asarray(batch['index'])
     out['patches'] = table.patches[index]

@@ -308,7 +308,8 @@ class _Epochs:
         if self._one_stream:
             streams = streams[1:]
         num_steps = pipeline_lib.steps_per_epoch(streams, self._batch_size, self._steps_override)
-        iters = [self._pipe.train_batches(s, epoch=epoch, num_steps=num_steps, start_step=begin)
+        iters = [self._pipe.train_batches(s, epoch=epoch, num_steps=num_steps, start_step=begin,
+                                          with_images=self._features is None)
                  for s in streams]
         return _Epoch(epoch, num_steps, self._on_devices(iters))
 

@@ -73,6 +73,7 @@ def test_cached_step_equals_the_uncached_step_with_evaluation_mode_batchnorm(fus
 
 
 def test_table_rows_are_each_studys_evaluation_features(smoke_dataset):
+    from jima_jax.data import pipeline as pipeline_lib
     from jima_jax.runtime import parallel
     from jima_jax.train import inputs
     c = _config()
@@ -91,6 +92,17 @@ def test_table_rows_are_each_studys_evaluation_features(smoke_dataset):
         jima.input_images(batch['images'], c.model, c.input), train=False)
     np.testing.assert_allclose(table.patches[batch['index']], want_patches, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(table.pooled[batch['index']], want_pooled, rtol=1e-5, atol=1e-6)
+
+    # the pipeline's batches without images are its batches with images, less the images
+    pipe = inputs.host_pipeline(split, c.input, c.seed)
+    stream = pipeline_lib.StreamSpec(np.arange(n, dtype=np.int32), 0)
+    with_images = list(pipe.train_batches(stream, epoch=1, num_steps=3))
+    without = list(pipe.train_batches(stream, epoch=1, num_steps=3, with_images=False))
+    assert len(without) == 3 and all('images' not in b for b in without)
+    for full, bare in zip(with_images, without):
+        assert sorted(full) == sorted([*bare, 'images'])
+        for k in bare:
+            np.testing.assert_array_equal(bare[k], full[k])
 
     host = {'images': np.zeros((3, 2, 32, 32), np.uint8), 'index': np.array([5, 0, 5]),
             'tokens': np.zeros((3, 4), np.int32)}
