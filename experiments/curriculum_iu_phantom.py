@@ -4,7 +4,7 @@ r"""Does the curriculum help? A phantom corpus, same epochs and seeds for every 
       > experiments/results/curriculum_iu_phantom.log 2>&1 &
   # the demo corpus, whose models read their images (results: curriculum_phantom.*; the last two
   # overrides give the demo recipe those runs used, with f_R trained in Task 1)
-  python -m experiments.curriculum_iu_phantom --config configs/demo.py \
+  python -m experiments.curriculum_iu_phantom --config configs/demo.py:uncached \
       --rows none,jima,jima_release,competence_sqrt --config.curriculum.warmup_epochs=4 \
       --config.optim.task1.visual_lr=-1 --config.train.num_epochs=14
   python -m experiments.curriculum_iu_phantom --summarize    # tables from the finished runs

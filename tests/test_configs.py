@@ -70,19 +70,19 @@ def test_demo_variants_are_the_recipes_whose_figures_the_readme_quotes():
         assert c.data.phantom.num_train == 3000 and c.pretrain.batch_size == 32
         assert (c.optim.task1.lr, c.optim.task2.lr) == (2e-3, 1e-3)
         assert c.optim.task1.decay_rate == c.optim.task2.decay_rate == 1.0
-    # the demo: a quarter-width ResNet-18, 1,800 pre-training steps on the 16 findings, then 20
-    # epochs (3,740 steps) with f_R frozen and its features cached; the full-width variants
+    # the demo: a quarter-width ResNet-18, 1,800 pre-training steps on the 16 findings, then 18
+    # epochs (3,366 steps) with f_R frozen and its features cached; the full-width variants
     # train f_R, as measured
     assert (demo_.model.backbone_width, demo_.pretrain.steps, demo_.pretrain.targets,
             demo_.train.num_epochs, demo_.train.max_steps, demo_.optim.task1.visual_lr,
-            demo_.train.feature_cache) == (16, 1800, 'findings', 20, 0, 0.0, True)
+            demo_.train.feature_cache) == (16, 1800, 'findings', 18, 0, 0.0, True)
     # ':uncached' is the demo measured before the cache (900 steps, 13 findings, f_R run on
-    # every batch); nothing else differs
+    # every batch, 20 epochs); nothing else differs
     uncached = demo.get_config('uncached')
-    assert (uncached.pretrain.steps, uncached.pretrain.targets,
-            uncached.train.feature_cache) == (900, 'chexpert', False)
+    assert (uncached.pretrain.steps, uncached.pretrain.targets, uncached.train.feature_cache,
+            uncached.train.num_epochs) == (900, 'chexpert', False, 20)
     assert _differing(uncached, demo_) == {'pretrain.steps', 'pretrain.targets',
-                                           'train.feature_cache'}
+                                           'train.feature_cache', 'train.num_epochs'}
     assert not (long.train.feature_cache or wide.train.feature_cache or tiny.train.feature_cache)
     assert long.optim.task1.visual_lr == wide.optim.task1.visual_lr == -1.0
     assert (wide.model.backbone_width, wide.pretrain.steps, wide.train.num_epochs) == (64, 300, 4)

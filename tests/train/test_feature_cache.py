@@ -181,3 +181,54 @@ def test_a_cached_run_trains_with_a_curriculum_and_leaves_f_r_as_it_started(tmp_
     for key in ('k1', 'k2_all', 'k2_balanced'):
         np.testing.assert_allclose(getattr(cached, key), getattr(plain, key), rtol=1e-5,
                                    atol=1e-6, err_msg=key)
+
+
+_EIGHT_DEVICES = """
+import json
+import jax
+import numpy as np
+from flax import nnx
+from configs import smoke
+from jima_jax.data import pipeline as pipeline_lib, prepare
+from jima_jax.model import jima
+from jima_jax.runtime import parallel
+from jima_jax.train import feature_cache, inputs, losses, step as step_lib
+c = smoke.get_config()
+c.model.backbone_width = 8
+c.optim.task1.visual_lr = 0.0
+c.train.feature_cache = True
+ds = prepare.load_prepared(c.data)
+split = ds.splits['train']
+model = jima.JIMA(c.model, vocab_size=ds.vocab_size, num_views=2, max_len=c.data.max_len + 1,
+                  rngs=nnx.Rngs(0))
+modeldef, params, stats = step_lib.split_model(model)
+mesh = parallel.make_mesh(c.parallel)
+table = feature_cache.build(c, modeldef, params, stats, split, mesh)
+state = step_lib.init_train_state(c, params, stats)
+sharding = parallel.state_shardings(mesh, state, c.parallel)
+state = jax.device_put(state, sharding)
+step = step_lib.jit_train_step(step_lib.build_train_step(modeldef, c, ds.vocab_size), mesh,
+                               sharding)
+tables = jax.device_put(losses.LossTables.uniform(ds.vocab_size), parallel.replicated(mesh))
+stream = pipeline_lib.StreamSpec(np.arange(len(split), dtype=np.int32), 0)
+metrics = []
+for batch in inputs.host_pipeline(split, c.input, c.seed).train_batches(
+        stream, epoch=0, num_steps=3, with_images=False):
+    batch = parallel.put_batch(feature_cache.swap_in(batch, table),
+                               parallel.batch_sharding(mesh))
+    state, m = step(state, batch, batch, np.int32(0), tables)
+    metrics.append({k: float(v) for k, v in m.items()})
+print(json.dumps({'devices': jax.device_count(), 'table': table.pooled.tolist(),
+                  'metrics': metrics}))
+"""
+
+
+def test_eight_simulated_devices_build_the_same_table_and_train_the_same_steps(smoke_dataset):
+    from tests.helpers import run_python
+    one, eight = (run_python(_EIGHT_DEVICES, devices=n) for n in (1, 8))
+    assert (one['devices'], eight['devices']) == (1, 8)
+    np.testing.assert_allclose(eight['table'], one['table'], rtol=1e-5, atol=1e-6)
+    assert len(one['metrics']) == 3
+    for a, b in zip(one['metrics'], eight['metrics']):
+        for k in a:
+            np.testing.assert_allclose(b[k], a[k], rtol=1e-4, err_msg=k)
