@@ -50,6 +50,7 @@ def frozen_random_backbone_warning(config: ml_collections.ConfigDict) -> str:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (resuming from `workdir` when it holds a checkpoint); returns the final metrics."""
+    feature_cache.enabled(config)  # a setting it cannot honour fails before any pre-training
     config = _with_pretrained_backbone(config, workdir)
     warning = frozen_random_backbone_warning(config)
     if warning and jax.process_index() == 0:

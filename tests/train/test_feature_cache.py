@@ -120,6 +120,7 @@ def test_table_rows_are_each_studys_evaluation_features(smoke_dataset):
 
 
 def test_key_refuses_what_it_cannot_honour_and_old_configs_read_off():
+    from jima_jax.train import loop
     c = _config()
     assert feature_cache.enabled(c)
     del c.train['feature_cache']
@@ -128,6 +129,9 @@ def test_key_refuses_what_it_cannot_honour_and_old_configs_read_off():
     c.optim.task1.visual_lr = -1.0
     with pytest.raises(ValueError, match=r'caches the features of a frozen f_R.*visual_lr=-1.0'):
         feature_cache.enabled(c)
+    c.pretrain.steps = 10**6  # the run refuses it before pre-training, not after
+    with pytest.raises(ValueError, match=r'caches the features of a frozen f_R'):
+        loop.train_and_evaluate(c, '/nonexistent/never/written')
     c = _config()
     c.data.phantom.train_renders = 3
     with pytest.raises(ValueError, match=r'train_renders=3.*feature_cache=False'):
