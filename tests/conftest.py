@@ -51,6 +51,7 @@ SLOW_FIRST = (
     'tests/train/test_difficulty.py',
     'tests/test_faults.py',
     'tests/train/test_baseline_run.py',
+    'tests/train/test_feature_cache.py',
     'tests/train/test_release_dropout.py',
     'tests/train/test_pretrain.py',
     'tests/evaluation/test_phantom_truth.py',
