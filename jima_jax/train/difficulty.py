@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jima_jax.data.types import PreparedSplit
+from jima_jax.model import jima
 from jima_jax.runtime import parallel
 from jima_jax.text.symbols import EOS_ID, PAD_ID
 from jima_jax.train import feature_cache, inputs, step as step_lib
@@ -109,15 +110,14 @@ def build_score_step(modeldef: step_lib.ModelDef, mcfg, icfg) -> Callable:
 
     def score(params, batch_stats, batch):
         model = modeldef.merge(params, batch_stats)
+        tokens_in, targets = step_lib._tokens(batch)
         if 'patches' in batch:  # cached f_R features (train.feature_cache): evaluation mode too
-            tokens_in, targets = step_lib._tokens(batch)
             enc = model.encode_features(batch['patches'], batch['pooled'])
-            ent_logits, logits = enc.entity_logits, model.report(enc.patches, enc.q, tokens_in,
-                                                                 None)
         else:
-            images, tokens_in, targets = step_lib._inputs(batch, mcfg, icfg)
-            ent_logits, logits = model(images, tokens_in)  # None in the R2Gen baseline
-        return example_difficulty(ent_logits, logits.astype(jnp.float32), targets,
+            enc = model.encode(jima.input_images(batch['images'], mcfg, icfg), train=False)
+        logits = model.report(enc.patches, enc.q, tokens_in, None)
+        # entity logits are None in the R2Gen baseline
+        return example_difficulty(enc.entity_logits, logits.astype(jnp.float32), targets,
                                   batch['entities'])
 
     return score
