@@ -236,9 +236,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir) -> pathlib.Path:
         summary.update(_validate(val, trainer, kind))
     path = backbone_path(workdir)
     if jax.process_index() == 0:
-        meta = {'backbone': mcfg.backbone, 'source': 'jima_jax pretrain',
-                'summary': json.dumps(summary)}
-        torch_files.write_safetensors(path, resnet.torchvision_state(trainer.backbone()), meta)
+        write_backbone(path, trainer, mcfg, summary)
         atomic.write_text(path.parent / 'summary.json', json.dumps(summary, indent=2) + '\n')
         auc_text = (f', validation macro AUC {summary["val/macro_auc"]:.3f}'
                     if 'val/macro_auc' in summary else '')
@@ -247,6 +245,14 @@ def pretrain(config: ml_collections.ConfigDict, workdir) -> pathlib.Path:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices('jima_jax pretrain written')
     return path
+
+
+def write_backbone(path, trainer: LabelTrainer, mcfg, summary: dict) -> None:
+    """The trained f_R as a safetensors file in torchvision's names (what model.pretrained
+    reads), its pre-training summary in the file's metadata; written whole or not at all."""
+    meta = {'backbone': mcfg.backbone, 'source': 'jima_jax pretrain',
+            'summary': json.dumps(summary)}
+    torch_files.write_safetensors(path, resnet.torchvision_state(trainer.backbone()), meta)
 
 
 def _validate(split, trainer: LabelTrainer, kind: str = 'chexpert') -> dict:

@@ -8,6 +8,7 @@ One place that turns a config and a `--workdir` into the prepared data, the mesh
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import pathlib
@@ -75,10 +76,11 @@ def config_to_json(config) -> dict:
     return json.loads(config.to_json_best_effort())
 
 
-def build_model(config, vocab_size: int):
-    """A fresh JIMA model (optionally with torchvision backbone weights) and its pure pytrees."""
-    model = jima.build(config, vocab_size)
-    if config.model.pretrained:
+def build_model(config, vocab_size: int, *, abstract: bool = False):
+    """A fresh JIMA model (optionally with torchvision backbone weights) and its pure pytrees;
+    with `abstract`, shapes only (ShapeDtypeStructs: the target of a checkpoint restore)."""
+    model = jima.build(config, vocab_size, abstract=abstract)
+    if config.model.pretrained and not abstract:
         state = torch_files.read_weights(config.model.pretrained)
         resnet.load_torchvision_state(model.visual, state, source=config.model.pretrained)
         log.info('loaded backbone weights from %s', config.model.pretrained)
@@ -96,19 +98,26 @@ def setup(config, workdir: str | pathlib.Path, *, restore: bool = True,
     mesh = parallel.make_mesh(config.parallel)
     parallel.check_batch_size(config.input.batch_size, mesh)
     parallel.check_batch_size(config.input.eval_batch_size, mesh, 'input.eval_batch_size')
-    modeldef, params, stats = build_model(config, dataset.vocab_size)
-    host_state = step_lib.init_train_state(config, params, stats)
-    state_sharding = parallel.state_shardings(mesh, host_state, config.parallel)
     checkpointer = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir, config.train),
                                            config.train)
+    # A run that restores builds its model as shapes only: initialising the parameters eagerly
+    # costs seconds (7-10 s for the demo's model on 2 cores) for values the checkpoint replaces.
+    restoring = restore and checkpointer.latest_step() is not None
+    modeldef, params, stats = build_model(config, dataset.vocab_size, abstract=restoring)
+    init = functools.partial(step_lib.init_train_state, config)
+    host_state = jax.eval_shape(init, params, stats) if restoring else init(params, stats)
+    state_sharding = parallel.state_shardings(mesh, host_state, config.parallel)
     extra: dict = {}
     restored = None
-    if restore and checkpointer.latest_step() is not None:
+    if restoring:
         restored = checkpointer.restore(checkpoint.abstract_like(host_state, state_sharding),
                                         step)
     if restored is not None:
         state, extra = restored
     else:
+        if restoring:  # every checkpoint vanished between the two looks: start afresh
+            modeldef, params, stats = build_model(config, dataset.vocab_size)
+            host_state = init(params, stats)
         state = jax.device_put(host_state, state_sharding)
     loss_tables = jax.device_put(losses.make_loss_tables(dataset.tables, config.loss),
                                  parallel.replicated(mesh))

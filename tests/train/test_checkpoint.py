@@ -104,3 +104,40 @@ def test_finished_saves_record_the_sha256_of_every_file(tmp_path):
         assert {'extra/metadata', 'config/metadata', 'state/_METADATA'} <= set(recorded)
         for name, digest in recorded.items():
             assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest
+
+
+def test_a_run_that_restores_builds_its_model_as_shapes_and_gets_the_saved_state(
+        tmp_path, smoke_dataset, monkeypatch):
+    """run_setup.setup on a run with a checkpoint (eval, predict, export, resume) builds the
+    model abstractly (no eager initialisation, no backbone file read) and restores exactly what
+    an eagerly built target restores; a fresh run still initialises eagerly."""
+    from configs import smoke
+    from jima_jax.model import jima
+    from jima_jax.train import loop, run_setup
+    c = smoke.get_config()
+    c.train.num_epochs, c.train.steps_per_epoch = 1, 2
+    loop.train_and_evaluate(c, tmp_path / 'run')
+    builds = []
+    real_build = jima.build
+    monkeypatch.setattr(jima, 'build', lambda *a, abstract=False, **k: (
+        builds.append(abstract), real_build(*a, abstract=abstract, **k))[1])
+    c.model.pretrained = str(tmp_path / 'moved_away.safetensors')  # the checkpoint holds f_R
+    restored = run_setup.setup(c, tmp_path / 'run')
+    restored.checkpointer.close()
+    assert builds == [True] and int(jax.device_get(restored.state.step)) == 2
+    c.model.pretrained = ''
+    eager = run_setup.build_model(c, smoke_dataset.vocab_size)
+    host = step_lib.init_train_state(c, eager[1], eager[2])
+    ck = checkpoint.Checkpointer(checkpoint.checkpoint_dir(tmp_path / 'run', c.train), c.train)
+    expected, _ = ck.restore(checkpoint.abstract_like(host, restored.state_sharding))
+    ck.close()
+    for a, b in zip(jax.tree.leaves(jax.device_get(expected)),
+                    jax.tree.leaves(jax.device_get(restored.state))):
+        np.testing.assert_array_equal(a, b)
+    builds.clear()
+    fresh = run_setup.setup(c, tmp_path / 'fresh')
+    fresh.checkpointer.close()
+    assert builds == [False]  # a fresh run: initialised eagerly, as before
+    for a, b in zip(jax.tree.leaves(jax.device_get(fresh.state.params)),
+                    jax.tree.leaves(host.params)):
+        np.testing.assert_array_equal(a, b)
