@@ -122,5 +122,10 @@ def test_the_larger_test_split_is_scored_on_a_copy_and_read_beside_the_first(tmp
     assert row['test/phantom_truth/macro_f1@480'] == 0.48
     budget.evaluate_larger_test('configs/demo.py', tmp_path, 480)  # done: not run again
     assert len(calls) == 1
+    assert calls[0][calls[0].index('--checkpoint') + 1] == 'auto'
+    budget.evaluate_larger_test('configs/demo.py', tmp_path, 480, checkpoint='latest')
+    assert calls[1][calls[1].index('--checkpoint') + 1] == 'latest'
+    assert (tmp_path / 'report_100.test480.latest' / 'eval' / 'test' / 'results.json').exists()
+    assert budget.rows(tmp_path, 480)[0]['test/phantom_truth/macro_f1@480:latest'] == 0.48
     assert '(480 test studies)' in budget.markdown([row], {
         'date': 'd', 'cpu': 'c', 'cores': 2, 'config': 'x', 'overrides': []}, 480)
