@@ -90,10 +90,10 @@ def pretrain(config, steps: list[int], workdir: pathlib.Path) -> None:
         seconds = round(time.perf_counter() - t0, 1)
         summary = {'steps': n, 'batch_size': int(config.pretrain.batch_size),
                    'targets': list(pretrain_lib.target_names(kind)), 'seconds': seconds}
-        summary.update(pretrain_lib._validate(dataset.splits['val'], trainer, kind))
+        summary.update(pretrain_lib.validate_head(dataset.splits['val'], trainer, kind))
         pretrain_lib.write_backbone(backbone_file(workdir, n), trainer, config.model, summary)
-        with open(log, 'a') as f:
-            f.write(json.dumps(summary) + '\n')
+        earlier = log.read_text() if log.exists() else ''  # rewritten whole: never half a line
+        atomic.write_text(log, earlier + json.dumps(summary) + '\n')
         print(f'snapshot {n}: {seconds:.0f} s of pre-training, validation macro AUC '
               f'{summary["val/macro_auc"]:.3f}', flush=True)
 

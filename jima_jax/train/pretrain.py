@@ -233,7 +233,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir) -> pathlib.Path:
                'seconds': round(time.perf_counter() - t0, 1)}
     val = dataset.splits.get('val')
     if val is not None and len(val):
-        summary.update(_validate(val, trainer, kind))
+        summary.update(validate_head(val, trainer, kind))
     path = backbone_path(workdir)
     if jax.process_index() == 0:
         write_backbone(path, trainer, mcfg, summary)
@@ -255,7 +255,7 @@ def write_backbone(path, trainer: LabelTrainer, mcfg, summary: dict) -> None:
     torch_files.write_safetensors(path, resnet.torchvision_state(trainer.backbone()), meta)
 
 
-def _validate(split, trainer: LabelTrainer, kind: str = 'chexpert') -> dict:
+def validate_head(split, trainer: LabelTrainer, kind: str = 'chexpert') -> dict:
     """Validation BCE and per-label AUC of the head: does the backbone see the findings?"""
     probs, index = trainer.predict(split)
     targets = label_targets(split, kind)[index]
