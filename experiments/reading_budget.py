@@ -69,8 +69,7 @@ def pretrain(config, steps: list[int], workdir: pathlib.Path) -> None:
     """One pre-training run; f_R written at every count of `steps` (those already there kept)."""
     from jima_jax.data import prepare
     from jima_jax.train import pretrain as pretrain_lib
-    if float(config.pretrain.lr) <= 0 or int(config.pretrain.batch_size) <= 0:
-        raise SystemExit('pretrain.lr and pretrain.batch_size must be positive.')
+    pretrain_lib.check_config(config.pretrain)  # the checks `--mode pretrain` makes
     todo = [n for n in sorted(steps) if not backbone_file(workdir, n).exists()]
     if not todo:
         print(f'every snapshot of --steps is in {workdir}')

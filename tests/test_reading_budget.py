@@ -79,6 +79,14 @@ def test_bad_command_lines_say_what_is_missing(argv, message):
         budget._parse(argv)
 
 
+def test_pretraining_settings_are_checked_as_mode_pretrain_checks_them(tmp_path):
+    c = _smoke()
+    c.pretrain.lr = 0.0
+    with pytest.raises(ValueError, match='pretrain.lr=0.0'):
+        budget.pretrain(c, [2], tmp_path)
+    assert not budget.snapshots(tmp_path)
+
+
 def test_overrides_go_to_the_config_as_jima_jax_main_reads_them():
     c = budget._load_config('configs/demo.py', ['--config.pretrain.steps=7'])
     assert c.pretrain.steps == 7 and c.data.name == 'phantom'
